@@ -246,11 +246,18 @@ class CompileConfig:
     def structured_patterns(self) -> tuple[StructuredPattern, ...]:
         return tuple(p for p in self.pattern if isinstance(p, (Channels, Heads, FFN)))
 
-    def selects(self, fqn: str) -> bool:
-        """True where the include/exclude globs make ``fqn`` a candidate."""
-        if self.include and not any(fnmatch.fnmatchcase(fqn, g) for g in self.include):
+    def selects(self, *names: str) -> bool:
+        """True where the include/exclude globs make a site a candidate.
+
+        ``names`` are the site's aliases (module fqn, parameter fqn): it is included when any
+        matches an include glob (or include is empty) and excluded when any matches an exclude glob.
+        """
+        def hit(globs: tuple[str, ...]) -> bool:
+            return any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)
+
+        if self.include and not hit(self.include):
             return False
-        return not any(fnmatch.fnmatchcase(fqn, g) for g in self.exclude)
+        return not hit(self.exclude)
 
     def pattern_for(self, fqn: str) -> tuple[ElementPattern | None, str | None]:
         """The element-wise pattern for a site and the override glob that chose it (if any)."""

@@ -1,0 +1,293 @@
+"""The public entry point: ``compile(model, example_inputs, config) -> CompileResult``.
+
+Pipeline (each stage timed into ``report.timings``)::
+
+    copy ─▶ [structured: shrink] ─▶ capture ─▶ find sites ─▶ decide ─▶ compute_masks ─▶ apply_masks
+         ─▶ [fold_masks] ─▶ check masked == folded ─▶ export ONNX ─▶ audit ─▶ onnxruntime parity ─▶ save
+
+The caller's model is never mutated: it is deep-copied once at entry and the passes work on the
+copy. The ONNX file always carries the folded form (zeros in initializers, where TensorRT looks for
+2:4); ``CompileResult.model`` is in ``config.form``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphprune._io import atomic_write
+from graphprune.analysis.decide import decide, unsupported_decision
+from graphprune.analysis.find_sites import find_sites
+from graphprune.capture import capture
+from graphprune.config import CompileConfig, SemiStructured
+from graphprune.errors import InputError, OutputError, ValidationError
+from graphprune.passes.base import PassContext, run_pass
+from graphprune.passes.fx.apply_masks import apply_masks
+from graphprune.passes.fx.compute_masks import compute_masks
+from graphprune.passes.fx.fold_masks import fold_masks
+from graphprune.report import CompileReport
+
+log = logging.getLogger("graphprune")
+
+
+@dataclass
+class CompileResult:
+    """What ``compile`` returns.
+
+    ``model``: the pruned module (folded or masked, per config); ``onnx_path``: the exported ONNX
+    (None when export is off); ``report``: every decision and measurement; ``validation``: the
+    numeric checks (masked vs folded in torch, ONNX audit, onnxruntime parity), each with ``ok``.
+    """
+
+    model: nn.Module
+    onnx_path: Path | None
+    report: CompileReport
+    validation: dict[str, Any] = field(default_factory=dict)
+    output_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(v.get("ok", True) for v in self.validation.values() if isinstance(v, dict))
+
+
+@contextmanager
+def _stage(report: CompileReport, name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    log.info("%s ...", name)
+    try:
+        yield
+    finally:
+        report.timings[name] = report.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    raise InputError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def _run(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
+    with torch.no_grad():
+        return model(*inputs)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """The one copy the pipeline makes of the caller's model."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as e:
+        raise InputError(f"cannot copy {type(model).__name__} (graphprune never mutates the caller's model): {e}") from e
+
+
+def compile(  # noqa: A001 - the product's verb
+    model: nn.Module,
+    example_inputs: Any,
+    config: CompileConfig | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    progress: bool = False,
+    dump_dir: str | Path | None = None,
+    model_name: str | None = None,
+) -> CompileResult:
+    """Prune ``model`` as ``config`` says, export ONNX and prove it.
+
+    ``example_inputs``: a tensor or tuple of positional inputs of realistic shape (they fix the
+    shapes used for capture, FLOPs, export and parity). ``output_dir``: where ``model.onnx``,
+    ``pruned.pt2`` and ``report.json`` go (a fresh temporary folder when None). Raises
+    ``ValidationError`` when a rewrite or the export does not compute what the pruned model
+    computes; the report is still attached to the exception as ``.report``.
+    """
+    from graphprune.runtime import compare
+
+    config = config or CompileConfig()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_tuple(example_inputs)
+    out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="graphprune-"))
+    prepare_output_dir(out_dir)
+    report = CompileReport(model=model_name or type(model).__name__, config=config.to_dict())
+    ctx = PassContext(inputs, report=report, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None)
+    validation: dict[str, Any] = {}
+
+    with _stage(report, "copy"):
+        work = copy_model(model)
+        work.eval()
+
+    if config.structured_patterns:
+        with _stage(report, "structured"):
+            work = _structured(work, inputs, config, ctx)
+
+    with _stage(report, "capture"):
+        cap = capture(work, inputs)
+        ctx.capture = cap
+        report.capture = cap.record()
+        if cap.method == "walk" and config.structured_patterns:
+            report.notes.append("structured pruning needs a graph; the module walk found none")
+
+    with _stage(report, "find_sites"):
+        scan = find_sites(cap)
+        for site in scan.sites:
+            site.extra.setdefault("not_floating", not work.get_parameter(site.param).is_floating_point())
+            ctx.sites[site.param] = site
+            decision, pattern = decide(site, config)
+            ctx.decisions[site.param] = decision
+            if pattern is not None:
+                ctx.patterns[site.param] = pattern
+        report.decisions += list(ctx.decisions.values()) + [
+            unsupported_decision(name, tuple(work.get_parameter(name).shape), why) for name, why in scan.unsupported
+        ]
+
+    reference = None
+    with _stage(report, "masks"):
+        work = run_pass("compute-masks", compute_masks, work, config, ctx)
+    with _stage(report, "rewrite"):
+        scripted = isinstance(work, torch.jit.ScriptModule)
+        if not scripted:
+            work = run_pass("apply-masks", apply_masks, work, config, ctx)
+            reference = _run(work, inputs)  # the masked form: the numbers every later form must match
+        if config.form == "folded" or scripted:
+            folded = work
+        else:
+            folded = copy.deepcopy(work)
+        folded = run_pass("fold-masks", fold_masks, folded, config, ctx)
+        folded_out = _run(folded, inputs)
+        if reference is not None:
+            stats = compare.compare_outputs(reference, folded_out, name="masked vs folded")
+            validation["masked_vs_folded"] = stats.to_dict()
+            if not stats.ok:
+                raise _attach(ValidationError(f"folded model differs from the masked model: {stats.summary()}"), report)
+        reference = folded_out
+        if config.form == "folded" or scripted:
+            work = folded
+
+    onnx_path: Path | None = None
+    if config.export_onnx:
+        from graphprune.runtime import audit as audit_mod
+        from graphprune.runtime import export as export_mod
+        from graphprune.runtime import ort
+
+        onnx_path = out_dir / "model.onnx"
+        with _stage(report, "export"):
+            rec = export_mod.export_onnx(folded, inputs, onnx_path, opset=config.opset)
+            report.outputs["onnx"] = str(onnx_path)
+            report.capture["onnx_exporter"] = rec.exporter
+        with _stage(report, "audit"):
+            aud = _audit(audit_mod, onnx_path, config, ctx)
+            report.audit = aud
+            validation["audit"] = {"ok": aud["ok"], "summary": aud["summary"]}
+        if config.validate:
+            with _stage(report, "parity"):
+                pstats = ort.check_parity(folded, inputs, onnx_path)
+                report.parity = pstats.to_dict()
+                validation["onnx_parity"] = pstats.to_dict()
+        if not aud["ok"]:
+            raise _attach(ValidationError(f"ONNX audit failed for {onnx_path}: {aud['summary']}"), report)
+        if config.validate and not validation["onnx_parity"]["ok"]:
+            raise _attach(
+                ValidationError(f"ONNX {onnx_path} does not compute what the pruned model computes: {pstats.summary()}"),
+                report,
+            )
+
+    with _stage(report, "save"):
+        saved = _save_pt2(folded if config.form == "folded" else work, inputs, out_dir / "pruned.pt2")
+        if saved:
+            report.outputs["pt2"] = str(out_dir / "pruned.pt2")
+        else:
+            report.notes.append("pruned.pt2 not written: the pruned model could not be re-exported with torch.export")
+    report.outputs["report"] = str(out_dir / "report.json")
+    report.to_json(out_dir / "report.json")
+    del reference
+    return CompileResult(model=work, onnx_path=onnx_path, report=report, validation=validation, output_dir=out_dir)
+
+
+def _attach(err: ValidationError, report: CompileReport) -> ValidationError:
+    err.report = report  # type: ignore[attr-defined]
+    return err
+
+
+def prepare_output_dir(out_dir: Path, *, inputs: tuple[Path, ...] = ()) -> None:
+    """Create ``out_dir`` and refuse locations that are unwritable or would overwrite an input."""
+    outputs = [out_dir / n for n in ("model.onnx", "pruned.pt2", "report.json")]
+    for src in inputs:
+        src_r = src.resolve()
+        if src_r == out_dir.resolve() or any(o.resolve() == src_r for o in outputs):
+            raise OutputError(
+                f"output {out_dir} would overwrite the input {src}; choose another -o directory"
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output path {out_dir} exists and is not a directory; give a directory with -o")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".graphprune-probe-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise OutputError(f"output directory {out_dir} is not writable: {e.strerror or e}") from e
+
+
+def _audit(audit_mod: Any, onnx_path: Path, config: CompileConfig, ctx: PassContext) -> dict[str, Any]:
+    """Audit the exported ONNX; every pruned site must be found there with its pattern intact."""
+    pat = config.element_pattern
+    nm = (pat.n, pat.m) if isinstance(pat, SemiStructured) else (None, None)
+    aud = audit_mod.audit_onnx(onnx_path, n=nm[0], m=nm[1])
+    layers = aud.to_dict()["layers"]
+    pruned = {n for n, d in ctx.decisions.items() if d.pruned}
+    matched: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        name = layer.get("param") or layer.get("initializer")
+        if name in pruned:
+            matched[name] = layer
+    unmatched = sorted(pruned - set(matched))
+    if unmatched and isinstance(pat, SemiStructured):
+        # the exporter may rename or re-layout a weight: fall back to matching by the zero count
+        by_zeros: dict[int, list[dict[str, Any]]] = {}
+        for layer in layers:
+            by_zeros.setdefault(int(layer.get("zeros", -1)), []).append(layer)
+        for name in list(unmatched):
+            cands = by_zeros.get(ctx.decisions[name].zeros, [])
+            if cands:
+                matched[name] = cands.pop(0)
+                unmatched.remove(name)
+    bad = [n for n, layer in matched.items() if nm[0] is not None and not layer.get("nm_ok", False)]
+    ok = not bad and (not unmatched or not isinstance(pat, SemiStructured))
+    summary = (
+        f"{len(layers)} weights in the ONNX; {len(matched)}/{len(pruned)} pruned layers found"
+        + (f"; {pat} holds on the TensorRT axis for {len(matched) - len(bad)}/{len(matched)}" if nm[0] else "")
+        + (f"; violations in {bad[:5]}" if bad else "")
+        + (f"; not found: {unmatched[:5]}" if unmatched else "")
+    )
+    return {"ok": ok, "summary": summary, "matched": len(matched), "violations": bad, "not_found": unmatched, "layers": layers}
+
+
+def _structured(work: nn.Module, inputs: tuple[Any, ...], config: CompileConfig, ctx: PassContext) -> nn.Module:
+    from graphprune.structured import prune_structured
+
+    res = prune_structured(work, inputs, config.structured_patterns, include=config.include, exclude=config.exclude)
+    ctx.report.structured = [g.to_dict() if hasattr(g, "to_dict") else dict(g) for g in res.groups]
+    ctx.report.decisions.extend(res.decisions)
+    return res.model
+
+
+def _save_pt2(model: nn.Module, inputs: tuple[Any, ...], path: Path) -> bool:
+    if isinstance(model, torch.jit.ScriptModule):
+        return False
+    try:
+        ep = torch.export.export(model, inputs, strict=False)
+    except Exception as e:
+        log.warning("pruned model could not be re-exported for pruned.pt2: %s", e)
+        return False
+    atomic_write(path, lambda p: torch.export.save(ep, str(p)))
+    return True

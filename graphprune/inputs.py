@@ -1,0 +1,246 @@
+"""Turn what the user names (a file or a factory) into a model and example inputs.
+
+Accepted:
+- ``*.pt2``: a ``torch.export.save`` ExportedProgram (its stored example inputs are used);
+- a TorchScript file (``torch.jit.save``), needs ``--input-shape``;
+- ``*.onnx``: pruned directly at the initializer level (see passes/onnx/prune_initializers.py);
+- ``package.module:callable`` returning ``(model, example_inputs)`` (or a model, with ``--input-shape``);
+- a whole pickled module (``torch.save(model)``) only with ``trust_pickle=True``: unpickling runs code.
+A bare state_dict is recognized and rejected: it has no architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from graphprune.errors import ConfigError, InputError
+
+KindT = Literal["pt2", "torchscript", "onnx", "factory", "pickle"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "long": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+@dataclass
+class LoadedModel:
+    kind: KindT
+    source: str
+    path: Path | None
+    model: nn.Module | None  # None for ONNX
+    example_inputs: tuple[Any, ...] | None
+
+
+def parse_input_shape(spec: str, *, seed: int = 0) -> torch.Tensor:
+    """``"1,3,224,224"`` / ``"2x16:int64"`` / ``"2x16:int64:30522"`` -> a seeded example tensor."""
+    parts = spec.split(":")
+    shape_text = parts[0].replace("x", ",")
+    try:
+        shape = tuple(int(s) for s in shape_text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--input-shape {spec!r}: shape must be integers like 1,3,224,224 (optionally :dtype[:high])"
+        ) from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ConfigError(f"--input-shape {spec!r}: every dimension must be a positive integer")
+    dtype_name = parts[1] if len(parts) > 1 and parts[1] else "float32"
+    if dtype_name not in _DTYPES:
+        raise ConfigError(f"--input-shape {spec!r}: dtype {dtype_name!r} is not one of {sorted(_DTYPES)}")
+    dtype = _DTYPES[dtype_name]
+    gen = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=torch.bool)
+    high = int(parts[2]) if len(parts) > 2 else 100
+    return torch.randint(0, high, shape, generator=gen, dtype=dtype)
+
+
+def load_model(
+    source: str | os.PathLike[str],
+    *,
+    trust_pickle: bool = False,
+    input_shapes: Sequence[str] = (),
+) -> LoadedModel:
+    """Load ``source`` (a path or ``package.module:callable``); errors name the file and say what to do."""
+    text = str(source)
+    path = Path(text)
+    shaped = tuple(parse_input_shape(s, seed=i) for i, s in enumerate(input_shapes)) or None
+    if not path.exists():
+        if _looks_like_factory(text):
+            return _load_factory(text, shaped)
+        raise InputError(
+            f"model file {text} does not exist; give a .pt2 (torch.export.save), TorchScript, .onnx file, "
+            "or a factory as package.module:callable"
+        )
+    if path.is_dir():
+        raise InputError(f"{text} is a directory; give a model file (.pt2, TorchScript, .onnx) or package.module:callable")
+    if path.stat().st_size == 0:
+        raise InputError(f"model file {text} is empty (0 bytes)")
+    if path.suffix.lower() == ".onnx":
+        _check_onnx(path)
+        return LoadedModel("onnx", text, path, None, None)
+    if not zipfile.is_zipfile(path):
+        if _looks_like_onnx(path):
+            _check_onnx(path)
+            return LoadedModel("onnx", text, path, None, None)
+        raise InputError(
+            f"model file {text} is not a PyTorch archive (.pt2 / TorchScript / torch.save) nor ONNX: "
+            "it may be corrupt or truncated"
+        )
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except zipfile.BadZipFile as e:
+        raise InputError(f"model file {text} is a corrupt zip archive: {e}") from e
+    if any(n.endswith("archive_format") or n.endswith("serialized_exported_program.json") for n in names):
+        return _load_pt2(path, shaped)
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") or n.endswith("data.pkl") for n in names):
+        return _load_torchscript(path, shaped)
+    if any(n.endswith("data.pkl") for n in names):
+        return _load_pickle(path, shaped, trust_pickle)
+    raise InputError(f"model file {text} is a zip archive of an unknown kind (no ExportedProgram, TorchScript or pickle inside)")
+
+
+def _looks_like_factory(text: str) -> bool:
+    mod, sep, attr = text.partition(":")
+    return bool(sep) and bool(mod) and bool(attr) and all(p.isidentifier() for p in mod.split(".")) and attr.replace(".", "").isidentifier()
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        onnx.load(str(path), load_external_data=False)
+        return True
+    except Exception:
+        return False
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise InputError(f"ONNX file {path} cannot be read: {e}") from e
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as e:
+        raise InputError(f"ONNX file {path} fails onnx.checker: {str(e).splitlines()[0]}") from e
+
+
+def _need_inputs(path: Path | str, kind: str, shaped: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...]:
+    if shaped is None:
+        raise InputError(
+            f"{kind} model {path} has no stored example inputs: pass --input-shape for each input, "
+            "e.g. --input-shape 1,3,224,224 or --input-shape 2x16:int64:30522"
+        )
+    return shaped
+
+
+def _load_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise InputError(f"ExportedProgram {path} cannot be loaded (corrupt or from an incompatible torch): {e}") from e
+    example: tuple[Any, ...] | None = shaped
+    if example is None and getattr(ep, "example_inputs", None) is not None:
+        args, kwargs = ep.example_inputs
+        if kwargs:
+            raise InputError(f"ExportedProgram {path} was exported with keyword inputs; pass --input-shape for each input")
+        example = tuple(args)
+    example = _need_inputs(path, "ExportedProgram", example)  # type: ignore[arg-type]
+    return LoadedModel("pt2", str(path), path, ep.module(), example)
+
+
+def _load_torchscript(path: Path, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise InputError(f"TorchScript file {path} cannot be loaded: {e}") from e
+    return LoadedModel("torchscript", str(path), path, model, _need_inputs(path, "TorchScript", shaped))
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, (torch.Tensor, Mapping)) for k, v in obj.items()
+    )
+
+
+def _load_pickle(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: bool) -> LoadedModel:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not isinstance(e, Exception) or "Weights only load failed" not in str(e) and "weights_only" not in str(e):
+            raise InputError(f"checkpoint {path} cannot be read: {str(e).splitlines()[0]}") from e
+        if not trust:
+            raise InputError(
+                f"{path} holds a pickled Python object (a whole nn.Module); unpickling it runs arbitrary code. "
+                "Re-save it with torch.export.save(...) as .pt2, give a factory as package.module:callable, "
+                "or, only if you trust the file, pass --trust-pickle"
+            ) from None
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise InputError(f"pickled model {path} cannot be loaded even with --trust-pickle: {e2}") from e2
+    if _is_state_dict(obj):
+        keys = list(obj)[:3]
+        raise InputError(
+            f"{path} is a state_dict (tensors named {keys}...), not a model: the architecture is needed. "
+            "Give a factory (package.module:callable returning (model, example_inputs)) that builds the model "
+            "and loads this state_dict, or a .pt2 from torch.export.save"
+        )
+    if not isinstance(obj, nn.Module):
+        raise InputError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+    return LoadedModel("pickle", str(path), path, obj, _need_inputs(path, "pickled", shaped))
+
+
+def _load_factory(spec: str, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
+    mod_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise InputError(f"factory {spec}: cannot import module {mod_name!r}: {e}") from e
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"factory {spec}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    result = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    model: Any
+    example: Any
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
+        model, example = result
+        if shaped is not None:
+            example = shaped
+        if isinstance(example, torch.Tensor):
+            example = (example,)
+        if not isinstance(example, tuple):
+            raise InputError(f"factory {spec}: example inputs must be a tuple of tensors, got {type(example).__name__}")
+    elif isinstance(result, nn.Module):
+        model, example = result, _need_inputs(spec, "factory", shaped)
+    else:
+        raise InputError(
+            f"factory {spec} returned {type(result).__name__}; it must return (model, example_inputs) or a model"
+        )
+    return LoadedModel("factory", spec, None, model, example)

@@ -1,0 +1,50 @@
+"""fold_masks: bake the zeros into plain weights (the *folded* form TensorRT reads).
+
+For a masked module (parametrized by apply_masks) the original parameter is multiplied in place by
+its mask and the parametrization removed without re-materializing, so tied weights stay tied and
+parameter identity is kept. For modules without parametrizations (TorchScript), the parameter in
+``ctx.masks`` is multiplied in place. Post: no WeightMask remains; every pruned weight has exact
+zeros where its mask is False; forward outputs equal the masked form's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from graphprune.config import CompileConfig
+from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.fx.apply_masks import WeightMask
+
+
+def fold_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> PassResult:
+    folded = 0
+    with torch.no_grad():
+        for sub in list(module.modules()):
+            if not parametrize.is_parametrized(sub):
+                continue
+            for pname in list(sub.parametrizations.keys()):  # type: ignore[union-attr]
+                plist = sub.parametrizations[pname]  # type: ignore[index]
+                if not all(isinstance(p, WeightMask) for p in plist):
+                    continue
+                original = plist.original
+                for p in plist:
+                    original.mul_(p.mask.to(original.dtype))
+                parametrize.remove_parametrizations(sub, pname, leave_parametrized=False)
+                folded += 1
+        if folded == 0 and ctx.masks:
+            for name, mask in ctx.masks.items():
+                p = _get_param(module, name)
+                p.mul_(mask.to(p.dtype))
+                folded += 1
+    return PassResult(module, modified=folded > 0, report={"folded": folded})
+
+
+def _get_param(module: nn.Module, name: str) -> torch.Tensor:
+    obj: object = module
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"{name} is not a tensor")
+    return obj
