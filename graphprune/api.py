@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from graphprune._io import atomic_write
+from graphprune._modules import get_param
 from graphprune.analysis.decide import decide, unsupported_decision
 from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
@@ -93,7 +94,7 @@ def copy_model(model: nn.Module) -> nn.Module:
         raise InputError(f"cannot copy {type(model).__name__} (graphprune never mutates the caller's model): {e}") from e
 
 
-def compile(  # noqa: A001 - the product's verb
+def compile(
     model: nn.Module,
     example_inputs: Any,
     config: CompileConfig | None = None,
@@ -141,14 +142,14 @@ def compile(  # noqa: A001 - the product's verb
     with _stage(report, "find_sites"):
         scan = find_sites(cap)
         for site in scan.sites:
-            site.extra.setdefault("not_floating", not work.get_parameter(site.param).is_floating_point())
+            site.extra.setdefault("not_floating", not get_param(work, site.param).is_floating_point())
             ctx.sites[site.param] = site
             decision, pattern = decide(site, config)
             ctx.decisions[site.param] = decision
             if pattern is not None:
                 ctx.patterns[site.param] = pattern
         report.decisions += list(ctx.decisions.values()) + [
-            unsupported_decision(name, tuple(work.get_parameter(name).shape), why) for name, why in scan.unsupported
+            unsupported_decision(name, tuple(get_param(work, name).shape), why) for name, why in scan.unsupported
         ]
 
     reference = None
@@ -156,13 +157,12 @@ def compile(  # noqa: A001 - the product's verb
         work = run_pass("compute-masks", compute_masks, work, config, ctx)
     with _stage(report, "rewrite"):
         scripted = isinstance(work, torch.jit.ScriptModule)
+        # the masked form keeps its own copy; the folded one is made from the dense weights (a
+        # parametrized module must not be deep-copied: the copies would share its generated class)
+        folded = work if (config.form == "folded" or scripted) else copy.deepcopy(work)
         if not scripted:
             work = run_pass("apply-masks", apply_masks, work, config, ctx)
             reference = _run(work, inputs)  # the masked form: the numbers every later form must match
-        if config.form == "folded" or scripted:
-            folded = work
-        else:
-            folded = copy.deepcopy(work)
         folded = run_pass("fold-masks", fold_masks, folded, config, ctx)
         folded_out = _run(folded, inputs)
         if reference is not None:

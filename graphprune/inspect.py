@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from graphprune._modules import get_param
 from graphprune.analysis.decide import decide, unsupported_decision
 from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
@@ -24,6 +25,6 @@ def inspect_model(model: nn.Module, example_inputs: tuple[Any, ...], config: Com
         d.numel = d.numel or 0
         report.decisions.append(d)
     report.decisions += [
-        unsupported_decision(n, tuple(model.get_parameter(n).shape), why) for n, why in scan.unsupported
+        unsupported_decision(n, tuple(get_param(model, n).shape), why) for n, why in scan.unsupported
     ]
     return report

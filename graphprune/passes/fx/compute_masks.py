@@ -13,12 +13,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from graphprune import sparsity
+from graphprune._modules import get_param
 from graphprune.config import CompileConfig, Unstructured
 from graphprune.passes.base import PassContext, PassResult
 
 
 def compute_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> PassResult:
-    weights = {name: module.get_parameter(name).detach() for name in ctx.patterns}
+    weights = {name: get_param(module, name).detach() for name in ctx.patterns}
     for name, w in weights.items():
         sparsity.check_finite(w, f"{name} (layer {ctx.sites[name].module})")
     global_sites = [n for n, p in ctx.patterns.items() if isinstance(p, Unstructured) and p.scope == "global"]

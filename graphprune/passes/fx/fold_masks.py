@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from graphprune._modules import get_param
 from graphprune.config import CompileConfig
 from graphprune.passes.base import PassContext, PassResult
 from graphprune.passes.fx.apply_masks import WeightMask
@@ -35,16 +36,8 @@ def fold_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> Pa
                 folded += 1
         if folded == 0 and ctx.masks:
             for name, mask in ctx.masks.items():
-                p = _get_param(module, name)
+                p = get_param(module, name)
                 p.mul_(mask.to(p.dtype))
                 folded += 1
     return PassResult(module, modified=folded > 0, report={"folded": folded})
 
-
-def _get_param(module: nn.Module, name: str) -> torch.Tensor:
-    obj: object = module
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    if not isinstance(obj, torch.Tensor):
-        raise TypeError(f"{name} is not a tensor")
-    return obj
