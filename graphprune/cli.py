@@ -154,7 +154,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if mvf:
         print(f"forms:   masked == folded: {'OK' if mvf['ok'] else 'FAILED'} (max |diff| {mvf['max_abs']:.3g})")
     print("time:    " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.timings.items()))
-    for k, v in rep.outputs.items():
+    for v in rep.outputs.values():
         print(f"wrote:   {v}")
     return 0
 
@@ -186,8 +186,8 @@ def _compile_onnx(path: Path, out: Path, config: Any, args: argparse.Namespace) 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from graphprune.api import copy_model
-    from graphprune.inspect import inspect_model
     from graphprune.inputs import load_model
+    from graphprune.inspect import inspect_model
 
     config = _config(args)
     loaded = load_model(args.model, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)

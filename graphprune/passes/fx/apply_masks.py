@@ -37,7 +37,7 @@ def owners(module: nn.Module, param: str) -> list[tuple[nn.Module, str]]:
     """Every (submodule, attribute) that holds the tensor named ``param`` (ties included)."""
     target = module.get_parameter(param)
     out = []
-    for mname, sub in module.named_modules(remove_duplicate=False):
+    for sub in module.modules(remove_duplicate=False):
         for pname, p in sub.named_parameters(recurse=False):
             if p is target:
                 out.append((sub, pname))
