@@ -31,7 +31,7 @@ from graphprune.analysis.decide import decide, unsupported_decision
 from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
 from graphprune.config import CompileConfig, SemiStructured
-from graphprune.errors import InputError, OutputError, ValidationError
+from graphprune.errors import InputError, OutputError, UnsupportedModelError, ValidationError
 from graphprune.passes.base import PassContext, run_pass
 from graphprune.passes.fx.apply_masks import apply_masks
 from graphprune.passes.fx.compute_masks import compute_masks
@@ -133,6 +133,13 @@ def compile(
             work = _structured(work, inputs, config, ctx)
 
     with _stage(report, "capture"):
+        try:
+            _run(work, inputs)
+        except Exception as e:
+            raise UnsupportedModelError(
+                f"{report.model} fails on the given example inputs ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "pass inputs of the shapes and dtypes its forward expects (CLI: --input-shape)"
+            ) from e
         cap = capture(work, inputs)
         ctx.capture = cap
         report.capture = cap.record()
@@ -148,6 +155,12 @@ def compile(
             ctx.decisions[site.param] = decision
             if pattern is not None:
                 ctx.patterns[site.param] = pattern
+        if not scan.sites and cap.method == "walk":
+            tried = "; ".join(f"{t['method']}: {t['error']}" for t in cap.tried if not t["ok"])
+            raise UnsupportedModelError(
+                f"no capture method could find prunable layers in {report.model}: {tried}; "
+                "the module walk knows only torch.nn Linear/Conv/MultiheadAttention and transformers Conv1D"
+            )
         report.decisions += list(ctx.decisions.values()) + [
             unsupported_decision(name, tuple(get_param(work, name).shape), why) for name, why in scan.unsupported
         ]

@@ -27,3 +27,25 @@ class NanLinear(nn.Module):
 
 def nan_model():
     return NanLinear(), (torch.randn(2, 8),)
+
+
+class Opaque(nn.Module):
+    """Untraceable (data-dependent Python control flow) and without any whitelisted layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        if float(x.sum()) > 1e9:
+            return x
+        return torch.einsum("ij,bj->bi", self.w, x)
+
+
+def opaque_model():
+    return Opaque(), (torch.randn(2, 8),)
+
+
+def wrong_inputs():
+    torch.manual_seed(0)
+    return nn.Linear(8, 4), (torch.randn(2, 5),)

@@ -134,3 +134,29 @@ def test_console_script_runs():
     exe = os.path.join(os.path.dirname(sys.executable), "graphprune")
     r = subprocess.run([exe, "compile", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--pattern" in r.stdout
+
+
+def test_unsupported_model_exit_4(tmp_path, capsys):
+    assert main(["compile", "tests.factories:opaque_model", "-o", str(tmp_path / "o")]) == 4
+    err = capsys.readouterr().err
+    assert "no capture method" in err and "export" in err
+    assert main(["compile", "tests.factories:wrong_inputs", "-o", str(tmp_path / "o")]) == 4
+    assert "example inputs" in capsys.readouterr().err
+
+
+def test_onnx_failing_checker_exit_3(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MatMul", ["x", "missing_weight"], ["y"])
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    bad = tmp_path / "invalid.onnx"
+    onnx.save(helper.make_model(graph), str(bad))
+    assert main(["compile", str(bad), "-o", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert "invalid.onnx" in err and "onnx.checker" in err
+    assert main(["audit", str(bad)]) == 3
