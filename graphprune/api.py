@@ -199,7 +199,7 @@ def compile(
             report.outputs["onnx"] = str(onnx_path)
             report.capture["onnx_exporter"] = rec.exporter
         with _stage(report, "audit"):
-            aud = _audit(audit_mod, onnx_path, config, ctx)
+            aud = _audit(audit_mod, onnx_path, ctx, rec.initializer_sources)
             report.audit = aud
             validation["audit"] = {"ok": aud["ok"], "summary": aud["summary"]}
         if config.validate:
@@ -251,45 +251,66 @@ def prepare_output_dir(out_dir: Path, *, inputs: tuple[Path, ...] = ()) -> None:
         raise OutputError(f"output directory {out_dir} is not writable: {e.strerror or e}") from e
 
 
-def _audit(audit_mod: Any, onnx_path: Path, config: CompileConfig, ctx: PassContext) -> dict[str, Any]:
-    """Audit the exported ONNX; every pruned site must be found there with its pattern intact."""
-    pat = config.element_pattern
-    nm = (pat.n, pat.m) if isinstance(pat, SemiStructured) else (None, None)
-    aud = audit_mod.audit_onnx(onnx_path, n=nm[0], m=nm[1])
-    layers = aud.to_dict()["layers"]
-    pruned = {n for n, d in ctx.decisions.items() if d.pruned}
-    matched: dict[str, dict[str, Any]] = {}
-    for layer in layers:
-        name = layer.get("param") or layer.get("initializer")
-        if name in pruned:
-            matched[name] = layer
-    unmatched = sorted(pruned - set(matched))
-    if unmatched and isinstance(pat, SemiStructured):
-        # the exporter may rename or re-layout a weight: fall back to matching by the zero count
-        by_zeros: dict[int, list[dict[str, Any]]] = {}
-        for layer in layers:
-            by_zeros.setdefault(int(layer.get("zeros", -1)), []).append(layer)
-        for name in list(unmatched):
-            cands = by_zeros.get(ctx.decisions[name].zeros, [])
-            if cands:
-                matched[name] = cands.pop(0)
-                unmatched.remove(name)
-    bad = [n for n, layer in matched.items() if nm[0] is not None and not layer.get("nm_ok", False)]
-    ok = not bad and (not unmatched or not isinstance(pat, SemiStructured))
+def _audit(audit_mod: Any, onnx_path: Path, ctx: PassContext, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Audit the exported ONNX: every pruned site must be found there with its own pattern intact.
+
+    Initializers are mapped back to parameters through the exporter's value comparison
+    (``sources``: the exporter renames transposed weights, e.g. ``val_9``). Each distinct N:M
+    pattern is audited on its own initializers; unstructured sites must carry at least their zeros.
+    """
+    param_to_init: dict[str, str] = {}
+    for init, info in sources.items():
+        if info.get("param"):
+            param_to_init.setdefault(info["param"], init)
+    for name in ctx.patterns:
+        param_to_init.setdefault(name, name)  # initializers that keep the parameter's name
+    by_pattern: dict[tuple[int, int] | None, list[str]] = {}
+    for name, pat in ctx.patterns.items():
+        key = (pat.n, pat.m) if isinstance(pat, SemiStructured) else None
+        by_pattern.setdefault(key, []).append(name)
+    base = audit_mod.audit_onnx(onnx_path)
+    layers = {layer.initializer: layer for layer in base.layers}
+    not_found = sorted(n for n in ctx.patterns if param_to_init[n] not in layers)
+    violations: list[str] = []
+    checked = 0
+    for key, names in by_pattern.items():
+        present = [n for n in names if param_to_init[n] in layers]
+        if key is None:
+            for n in present:
+                checked += 1
+                if layers[param_to_init[n]].zeros < ctx.decisions[n].zeros:
+                    violations.append(n)
+            continue
+        rep = audit_mod.audit_onnx(onnx_path, n=key[0], m=key[1], expect=[param_to_init[n] for n in present])
+        nm_ok = {layer.initializer: layer.nm_ok for layer in rep.layers}
+        for n in present:
+            checked += 1
+            if not nm_ok.get(param_to_init[n], False):
+                violations.append(n)
+    ok = not violations and not not_found
+    pats = ", ".join(sorted({str(p) for p in ctx.patterns.values()})) or "none"
     summary = (
-        f"{len(layers)} weights in the ONNX; {len(matched)}/{len(pruned)} pruned layers found"
-        + (f"; {pat} holds on the TensorRT axis for {len(matched) - len(bad)}/{len(matched)}" if nm[0] else "")
-        + (f"; violations in {bad[:5]}" if bad else "")
-        + (f"; not found: {unmatched[:5]}" if unmatched else "")
+        f"{len(layers)} weights in the ONNX; {checked}/{len(ctx.patterns)} pruned layers found; "
+        f"pattern ({pats}) holds on the TensorRT axis for {checked - len(violations)}/{checked}"
+        + (f"; violations in {violations[:5]}" if violations else "")
+        + (f"; not found: {not_found[:5]}" if not_found else "")
     )
-    return {"ok": ok, "summary": summary, "matched": len(matched), "violations": bad, "not_found": unmatched, "layers": layers}
+    return {
+        "ok": ok,
+        "summary": summary,
+        "matched": checked,
+        "violations": violations,
+        "not_found": not_found,
+        "initializer_of": param_to_init,
+        "layers": [layer.to_dict() for layer in base.layers],
+    }
 
 
 def _structured(work: nn.Module, inputs: tuple[Any, ...], config: CompileConfig, ctx: PassContext) -> nn.Module:
     from graphprune.structured import prune_structured
 
     res = prune_structured(work, inputs, config.structured_patterns, include=config.include, exclude=config.exclude)
-    ctx.report.structured = [g.to_dict() if hasattr(g, "to_dict") else dict(g) for g in res.groups]
+    ctx.report.structured = [g.to_dict() for g in res.groups]
     ctx.report.decisions.extend(res.decisions)
     return res.model
 

@@ -169,8 +169,8 @@ def _compile_onnx(path: Path, out: Path, config: Any, args: argparse.Namespace) 
     res = prune_onnx(path, out / "model.onnx", pattern, include=config.include, exclude=config.exclude)
     rep = CompileReport(model=str(path), config=config.to_dict(), decisions=list(res.decisions))
     rep.capture = {"method": "onnx", "tried": []}
-    rep.audit = res.audit.to_dict() if hasattr(res.audit, "to_dict") else res.audit
-    rep.parity = res.parity.to_dict() if hasattr(res.parity, "to_dict") else res.parity
+    rep.audit = res.audit.to_dict()
+    rep.parity = res.parity.to_dict() if res.parity is not None else None
     rep.outputs = {"onnx": str(out / "model.onnx"), "report": str(out / "report.json")}
     rep.to_json(out / "report.json")
     print(rep.table(args.max_rows))

@@ -226,12 +226,12 @@ class CompileConfig:
             object.__setattr__(self, name, tuple(v))
         for t in self.op_types:
             _check_choice("op_types", t, OP_TYPES, owner="CompileConfig")
-        for glob, p in dict(self.overrides).items():
+        for glob, ov in dict(self.overrides).items():
             if not isinstance(glob, str):
                 raise ConfigError(f"CompileConfig.overrides keys must be fqn glob strings, got {glob!r}")
-            if p is not None and not isinstance(p, (Unstructured, SemiStructured)):
+            if ov is not None and not isinstance(ov, (Unstructured, SemiStructured)):
                 raise ConfigError(
-                    f"CompileConfig.overrides[{glob!r}] must be an element-wise pattern or None, got {p!r}"
+                    f"CompileConfig.overrides[{glob!r}] must be an element-wise pattern or None, got {ov!r}"
                 )
         _check_choice("form", self.form, ("masked", "folded"), owner="CompileConfig")
 
@@ -263,8 +263,8 @@ class CompileConfig:
         """The element-wise pattern for a site and the override glob that chose it (if any)."""
         chosen: tuple[ElementPattern | None, str | None] = (self.element_pattern, None)
         for glob, p in dict(self.overrides).items():
-            if fnmatch.fnmatchcase(fqn, glob):
-                chosen = (p, glob)  # type: ignore[assignment]
+            if fnmatch.fnmatchcase(fqn, glob) and (p is None or isinstance(p, (Unstructured, SemiStructured))):
+                chosen = (p, glob)
         return chosen
 
     def to_dict(self) -> dict[str, Any]:

@@ -124,3 +124,22 @@ def test_4to8_conv(tmp_path):
         w = res.model.get_parameter(name)
         assert independent_nm_ok(w, 4, 8, axis=1)
     assert res.validation["onnx_parity"]["ok"] and res.report.audit["ok"]
+
+
+def test_audit_checks_each_layer_with_its_own_pattern(tmp_path):
+    model = _mlp()
+    cfg = CompileConfig(pattern=(SemiStructured(n=2, m=4),), overrides={"2": SemiStructured(n=4, m=8)})
+    res = graphprune.compile(model, (torch.randn(4, 32),), cfg, output_dir=tmp_path)
+    assert res.report.audit["ok"] and res.report.audit["matched"] == 2
+    assert independent_nm_ok(res.model.get_parameter("2.weight"), 4, 8, axis=1)
+    # 4:8 is not 2:4: the second layer really carries its own pattern
+    assert not independent_nm_ok(res.model.get_parameter("2.weight"), 2, 4, axis=1)
+
+
+def test_rank3_linear_weight_is_found_through_the_exporters_transpose(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    res = graphprune.compile(model, (torch.randn(2, 5, 16),), output_dir=tmp_path)
+    aud = res.report.audit
+    assert aud["ok"] and aud["matched"] == 2 and not aud["not_found"]
+    assert set(aud["initializer_of"]) == {"0.weight", "2.weight"}

@@ -30,7 +30,8 @@ class WeightMask(nn.Module):
         self.register_buffer("mask", mask.detach().clone())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask.to(weight.dtype)
+        mask: torch.Tensor = self.mask  # type: ignore[assignment]
+        return weight * mask.to(weight.dtype)
 
 
 def owners(module: nn.Module, param: str) -> list[tuple[nn.Module, str]]:

@@ -9,6 +9,8 @@ zeros where its mask is False; forward outputs equal the masked form's.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -25,8 +27,9 @@ def fold_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> Pa
         for sub in list(module.modules()):
             if not parametrize.is_parametrized(sub):
                 continue
-            for pname in list(sub.parametrizations.keys()):  # type: ignore[union-attr]
-                plist = sub.parametrizations[pname]  # type: ignore[index]
+            params: nn.ModuleDict = sub.parametrizations  # type: ignore[assignment]
+            for pname in list(params.keys()):
+                plist: Any = params[pname]
                 if not all(isinstance(p, WeightMask) for p in plist):
                     continue
                 original = plist.original

@@ -52,7 +52,7 @@ def tensor_refs(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str, s
 def get_tensor(model: nn.Module, fqn: str) -> torch.Tensor:
     mod_name, _, attr = fqn.rpartition(".")
     mod = model.get_submodule(mod_name) if mod_name else model
-    t = mod._parameters.get(attr)
+    t: torch.Tensor | None = mod._parameters.get(attr)
     if t is None:
         t = mod._buffers.get(attr)
     if t is None:

@@ -18,7 +18,9 @@ Post-conditions, checked before ``path_out`` appears (it is written atomically, 
 when a check fails): the result passes ``onnx.checker``; the audit finds N:M on every pruned weight
 (for N:M patterns); and the ORIGINAL file run in onnxruntime with the masked weights injected via
 ``SessionOptions.add_initializer`` matches the written file on random inputs built from the graph's
-input shapes (dynamic dims -> 1, ints in [0, 4)). ``path_in`` is never modified.
+input shapes (dynamic dims -> 1, ints in [0, 4)); both run at ``ORT_ENABLE_EXTENDED`` because
+onnxruntime's layout optimizations ignore overrides (see :mod:`graphprune.runtime.ort`).
+``path_in`` is never modified.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def prune_onnx(
 
     decisions: list[Decision] = []
     to_prune: list[tuple[WeightUse, np.ndarray]] = []
-    for _, group in by_source.items():
+    for group in by_source.values():
         use = group[0]
         arr = onnx_weight_array(use.tensor) if use.tensor is not None else np.zeros(0)
         zeros = int(arr.size - np.count_nonzero(arr))
@@ -249,8 +251,9 @@ def prune_onnx(
         parity = None
         if validate:
             feed = dict(inputs) if inputs is not None else random_inputs(model, seed=seed)
-            reference = run_onnx(src, feed, initializers=overrides)
-            candidate = run_onnx(tmp, feed)
+            # both at the level where onnxruntime honours overrides, so the two runs are like for like
+            reference = run_onnx(src, feed, initializers=overrides, optimization="extended")
+            candidate = run_onnx(tmp, feed, optimization="extended")
             parity = compare_outputs(reference, candidate, name=f"{src.name} + masks vs {dst.name}")
             if not parity.ok:
                 raise ValidationError(f"pruned ONNX does not compute what the masked original computes: {parity.summary()}")
