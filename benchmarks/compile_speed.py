@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import graphprune  # noqa: E402
-from graphprune import CompileConfig, SemiStructured  # noqa: E402
-from models import zoo  # noqa: E402
+import graphprune
+from graphprune import CompileConfig, SemiStructured
+from models import zoo
 
 STAGES = ("copy", "capture", "find_sites", "masks", "rewrite", "export", "audit", "parity", "save")
 

@@ -189,7 +189,7 @@ def _load_pickle(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: boo
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        if not isinstance(e, Exception) or "Weights only load failed" not in str(e) and "weights_only" not in str(e):
+        if "Weights only load failed" not in str(e) and "weights_only" not in str(e):
             raise InputError(f"checkpoint {path} cannot be read: {str(e).splitlines()[0]}") from e
         if not trust:
             raise InputError(
