@@ -227,7 +227,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    # stage progress ("capture ...", "export ...") goes to stderr; -v adds the details
+    logging.getLogger("graphprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {"compile": _cmd_compile, "inspect": _cmd_inspect, "audit": _cmd_audit}
     try:
         return handlers[args.command](args)
