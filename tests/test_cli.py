@@ -51,6 +51,7 @@ def test_compile_torchscript_needs_and_uses_input_shape(tmp_path):
     assert main(["compile", str(src), "--input-shape", "2,16", "-o", str(tmp_path / "o2")]) == 0
     rep = json.loads((tmp_path / "o2" / "report.json").read_text())
     assert rep["capture"]["method"] == "walk" and rep["parity"]["ok"]
+    assert rep["counts"] == {"pruned": 2} and rep["audit"]["ok"]
 
 
 @pytest.mark.parametrize("pattern", ["3:2", "0:4", "unstructured:1.5", "banana"])

@@ -443,7 +443,7 @@ def _fx_add(
 
 def _module_weight_info(mod: nn.Module) -> tuple[str, str, int, int] | None:
     """(param name, kind, K axis, groups) for whitelisted module types."""
-    cls = type(mod).__name__
+    cls = getattr(mod, "original_name", None) or type(mod).__name__  # TorchScript keeps the class name here
     w = getattr(mod, "weight", None)
     if not isinstance(w, torch.Tensor):
         return None
