@@ -3,6 +3,7 @@
     graphprune compile MODEL [--pattern 2:4] [--input-shape ...] [--include/--exclude ...] [-o OUT]
     graphprune inspect MODEL            decisions only (what would be pruned, and why not)
     graphprune audit FILE.onnx [--pattern 2:4]
+    graphprune bench MODEL [--runtime torch|ort|tensorrt]   dense vs pruned latency, table + chart
 
 Exit codes: 0 ok; 2 bad option/config; 3 bad input file; 4 unsupported model; 5 bad weights;
 6 validation failed; 7 output not writable; 8 a pass failed; 9 missing dependency.
@@ -52,6 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show every candidate layer and its decision; writes nothing")
     model_args(i)
     i.add_argument("--json", action="store_true", help="print decisions as JSON")
+
+    from graphprune.bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     a = sub.add_parser("audit", help="check the sparsity pattern of every weight in an ONNX file")
     a.add_argument("onnx", type=Path)
@@ -230,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     # stage progress ("capture ...", "export ...") goes to stderr; -v adds the details
     logging.getLogger("graphprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    handlers = {"compile": _cmd_compile, "inspect": _cmd_inspect, "audit": _cmd_audit}
+    from graphprune.bench import run_bench
+
+    handlers = {"compile": _cmd_compile, "inspect": _cmd_inspect, "audit": _cmd_audit, "bench": run_bench}
     try:
         return handlers[args.command](args)
     except GraphPruneError as e:
