@@ -165,6 +165,13 @@ def compile(
             unsupported_decision(name, tuple(get_param(work, name).shape), why) for name, why in scan.unsupported
         ]
 
+    if config.permute:
+        with _stage(report, "permute"):
+            from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_channels
+
+            opts = PermuteChannelsConfig(time_budget_s=config.permute_budget_s, progress=progress)
+            work = run_pass("permute-channels", lambda m, c, x: permute_channels(m, c, x, options=opts), work, config, ctx)
+
     reference = None
     with _stage(report, "masks"):
         work = run_pass("compute-masks", compute_masks, work, config, ctx)

@@ -38,6 +38,10 @@ def _build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--override", action="append", default=[], metavar="GLOB=PATTERN",
                         help="per-layer pattern, e.g. '*lm_head*=dense' or '*.fc1=4:8'")
         sp.add_argument("--prune-tied", action="store_true", help="also prune weights shared by several modules")
+        sp.add_argument("--permute", action="store_true",
+                        help="permute coupled channels before N:M masks so they keep more magnitude")
+        sp.add_argument("--permute-budget", type=float, default=None, metavar="SECONDS",
+                        help="permutation search time per channel group (default 2)")
         sp.add_argument("--config", type=Path, help="CompileConfig as JSON (command-line options override it)")
         sp.add_argument("--trust-pickle", action="store_true",
                         help="allow loading a whole pickled model (.pt); unpickling runs code from the file")
@@ -80,6 +84,10 @@ def _config(args: argparse.Namespace) -> Any:
         kw["op_types"] = tuple(args.op_type)
     if args.prune_tied:
         kw["prune_tied"] = True
+    if getattr(args, "permute", False):
+        kw["permute"] = True
+    if getattr(args, "permute_budget", None) is not None:
+        kw["permute_budget_s"] = args.permute_budget
     if args.override:
         ov = dict(base.overrides)
         for item in args.override:

@@ -186,6 +186,8 @@ class CompileConfig:
     ``form``: ``"folded"`` (zeros baked into plain weights; what TensorRT reads) or ``"masked"``
     (mask buffers, trainable, gradients masked).
     ``prune_tied``: prune weights shared by several modules (masks then apply to every use).
+    ``permute``: before N:M masks, permute coupled channels so the masks keep more magnitude (the
+    dense function is unchanged); ``permute_budget_s`` is the search time per channel group.
     """
 
     pattern: tuple[Pattern, ...] = (SemiStructured(),)
@@ -195,6 +197,8 @@ class CompileConfig:
     overrides: Mapping[str, Pattern | None] = field(default_factory=dict)
     form: FormT = "folded"
     prune_tied: bool = False
+    permute: bool = False
+    permute_budget_s: float = 2.0
     export_onnx: bool = True
     validate: bool = True
     opset: int | None = None
@@ -234,6 +238,9 @@ class CompileConfig:
                     f"CompileConfig.overrides[{glob!r}] must be an element-wise pattern or None, got {ov!r}"
                 )
         _check_choice("form", self.form, ("masked", "folded"), owner="CompileConfig")
+        b = self.permute_budget_s
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0:
+            raise ConfigError(f"CompileConfig.permute_budget_s must be a number of seconds >= 0, got {b!r}")
 
     @property
     def element_pattern(self) -> ElementPattern | None:
@@ -276,6 +283,8 @@ class CompileConfig:
             "overrides": {g: (None if p is None else pattern_to_dict(p)) for g, p in dict(self.overrides).items()},
             "form": self.form,
             "prune_tied": self.prune_tied,
+            "permute": self.permute,
+            "permute_budget_s": self.permute_budget_s,
             "export_onnx": self.export_onnx,
             "validate": self.validate,
             "opset": self.opset,

@@ -143,3 +143,20 @@ def test_rank3_linear_weight_is_found_through_the_exporters_transpose(tmp_path):
     aud = res.report.audit
     assert aud["ok"] and aud["matched"] == 2 and not aud["not_found"]
     assert set(aud["initializer_of"]) == {"0.weight", "2.weight"}
+
+
+def test_permute_keeps_function_and_never_loses_magnitude(tmp_path):
+    from models import zoo
+
+    model, inputs = zoo.build("conv_bn")
+    plain = graphprune.compile(model, inputs, output_dir=tmp_path / "a")
+    perm = graphprune.compile(model, inputs, CompileConfig(permute=True, permute_budget_s=0.5), output_dir=tmp_path / "b")
+    rec = next(p for p in perm.report.passes if p.name == "permute-channels")
+    assert rec.modified and any(g["permuted"] for g in rec.details["groups"])
+    overall = rec.details["overall"]
+    assert overall["kept_after"] > overall["kept_before"]
+    # the masks computed afterwards keep that magnitude; the plain run keeps the "before" figure
+    kept = {d.param: d.kept_magnitude for d in perm.report.decisions if d.pruned}
+    base = {d.param: d.kept_magnitude for d in plain.report.decisions if d.pruned}
+    assert sum(kept.values()) > sum(base.values())
+    assert perm.validation["onnx_parity"]["ok"] and perm.report.audit["ok"]
