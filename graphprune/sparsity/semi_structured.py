@@ -17,6 +17,7 @@ from torch import Tensor
 
 from graphprune.sparsity._common import check_divisible, check_nm_args, magnitude, normalize_axis
 
+
 def topn_mask(groups: Tensor, n: int) -> Tensor:
     """``groups [G, M]`` of scores -> bool ``[G, M]`` keeping the ``n`` largest per row
     (ties: lower column index wins, from the stable sort)."""
