@@ -22,6 +22,7 @@ from graphprune.errors import (
     WeightError,
 )
 from graphprune.report import CompileReport, Decision, SkipReason
+from graphprune.serialize import load
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,6 @@ __all__ = [
     "WeightError",
     "__version__",
     "compile",
+    "load",
     "parse_pattern",
 ]

@@ -152,8 +152,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             print(f"report: {out / 'report.json'}")
         raise
     rep = result.report
-    print(rep.table(args.max_rows))
-    print()
+    if rep.structured:
+        from graphprune.report import structured_table
+
+        print(structured_table(rep.structured, args.max_rows))
+        print()
+    if config.element_pattern is not None or not rep.structured:
+        print(rep.table(args.max_rows))
+        print()
+    for note in rep.notes:
+        print(f"note:    {note}")
     print(f"capture: {rep.capture.get('method')}" + "".join(
         f"  ({t['method']} failed: {t['error'][:120]})" for t in rep.capture.get("tried", []) if not t["ok"]
     ))

@@ -154,6 +154,22 @@ class CompileReport:
         return "\n".join(lines)
 
 
+def structured_table(groups: list[dict[str, Any]], max_rows: int | None = None) -> str:
+    """Per-group table of structured pruning: what was removed, and why a group was left dense."""
+    head = f"{'group':<44} {'kind':<9} {'units':>13} {'channels':>15} {'members':>7}  note"
+    lines = [head, "-" * len(head)]
+    rows = groups if max_rows is None else groups[:max_rows]
+    for g in rows:
+        name = g["name"] if len(g["name"]) <= 44 else "…" + g["name"][-43:]
+        units = f"{g['units_before']}->{g['units_after']}"
+        chans = f"{g['channels_before']}->{g['channels_after']}"
+        note = (g.get("pattern") or "") if g["pruned"] else f"dense: {g.get('reason') or 'no pattern'} {g.get('message', '')[:80]}"
+        lines.append(f"{name:<44} {g['kind']:<9} {units:>13} {chans:>15} {len(g['members']):>7}  {note}")
+    if max_rows is not None and len(groups) > max_rows:
+        lines.append(f"... {len(groups) - max_rows} more groups (see report.json)")
+    return "\n".join(lines)
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, enum.Enum):
         return o.value

@@ -87,13 +87,13 @@ def keep_count(size: int, ratio: float, *, round_to: int = 1, minimum: int = 1) 
     """Units to keep out of ``size`` when removing ``ratio`` of them (never above ``size``)."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    want = int(math.ceil(size * (1.0 - ratio) - 1e-9))
+    want = math.ceil(size * (1.0 - ratio) - 1e-9)
     return int(min(size, max(minimum, round_up(want, round_to))))
 
 
 def heads_keep_units(num_heads: int, heads_per_unit: int, units: int, ratio: float, *, min_heads: int = 1) -> int:
     """Units (KV groups, or single heads without GQA) to keep so that ``ratio`` of the heads go."""
-    keep_heads = max(min_heads, int(math.ceil(num_heads * (1.0 - ratio) - 1e-9)))
+    keep_heads = max(min_heads, math.ceil(num_heads * (1.0 - ratio) - 1e-9))
     return int(min(units, max(1, math.ceil(keep_heads / max(1, heads_per_unit)))))
 
 
@@ -115,7 +115,7 @@ def global_keep_counts(scores: Mapping[K, torch.Tensor], ratio: float, *, round_
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
     keys = list(scores)
     pooled = [(float(v), k) for k in keys for v in normalize_scores(scores[k])]
-    n_remove = int(math.floor(len(pooled) * ratio))
+    n_remove = math.floor(len(pooled) * ratio)
     removed: dict[K, int] = dict.fromkeys(keys, 0)
     for _, k in sorted(pooled, key=lambda t: t[0])[:n_remove]:
         removed[k] += 1

@@ -1,0 +1,540 @@
+"""Structured pruning that physically shrinks a model: channels, attention heads (GQA too), FFN neurons.
+
+Entry point :func:`prune_structured` (called by ``graphprune.compile`` on its working copy):
+
+1. capture with ``torch.export.export(strict=False)`` and find the coupled groups
+   (:mod:`graphprune.analysis.groups`), read-only;
+2. match groups to patterns: ``Heads`` → attention-head groups, ``FFN`` → groups whose channels only
+   Linear-like ops produce and read, ``Channels`` → every other group (and the FFN groups too when no
+   ``FFN`` pattern is given); groups that cannot be sliced stay dense with a Decision naming the node;
+3. score units (:mod:`graphprune.sparsity.structured`) and choose the ones to keep;
+4. rewrite the eager module: slice tensors and resize modules (``passes/fx/remove_channels``),
+   update attention attributes and the HF config (``passes/fx/remove_heads``);
+5. check: the shrunk model's outputs equal those of the *masked equivalent* (the dense model with the
+   removed channels' weights zeroed) on the example inputs; a mismatch (e.g. a head count the forward
+   hard-codes, which capture folded into a constant) raises ValidationError naming the reshape nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphprune.analysis.group_importance import accumulate_activations, accumulate_taylor, batches, group_importance
+from graphprune.analysis.groups import ChannelGroup, GroupAnalysis, find_groups
+from graphprune.config import FFN, Channels, Heads
+from graphprune.errors import ConfigError, ValidationError, WeightError
+from graphprune.passes.fx.remove_channels import get_tensor, remove_channels
+from graphprune.passes.fx.remove_heads import update_attention_attrs, update_hf_config
+from graphprune.report import Decision, SkipReason
+from graphprune.serialize import DELTA_FORMAT
+from graphprune.sparsity import structured as S
+
+log = logging.getLogger(__name__)
+
+StructuredPattern = Channels | Heads | FFN
+
+
+@dataclass
+class GroupRecord:
+    """What happened to one coupled group."""
+
+    id: int
+    kind: str  # channels | ffn | heads
+    name: str  # the layer (module of the first producer, or the attention module)
+    members: list[str]  # "param_fqn:axis[offset:offset+size]"
+    pattern: str | None
+    pruned: bool
+    units_before: int
+    units_after: int
+    channels_before: int
+    channels_after: int
+    removed_units: list[int] = field(default_factory=list)
+    importance: dict[str, float] = field(default_factory=dict)
+    reason: SkipReason | None = None
+    message: str = ""
+    node: str | None = None
+    source: str | None = None
+    heads: dict[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["reason"] = self.reason.value if self.reason else None
+        return d
+
+
+@dataclass
+class StructuredResult:
+    model: nn.Module
+    groups: list[GroupRecord]
+    decisions: list[Decision]
+    delta: dict[str, Any]
+    keep: dict[str, dict[int, list[int]]]  # tensor fqn -> axis -> kept indices (of the original axis)
+    original_shapes: dict[str, list[int]]
+    params_before: int
+    params_after: int
+    notes: list[str] = field(default_factory=list)
+    parity: dict[str, Any] | None = None
+
+    def masked_equivalent(self, original: nn.Module) -> nn.Module:
+        """A copy of the dense ``original`` with the removed channels' weights zeroed."""
+        return make_masked_equivalent(original, self)
+
+    def summary(self) -> str:
+        pruned = [g for g in self.groups if g.pruned]
+        dense = [g for g in self.groups if not g.pruned and g.pattern]
+        return (
+            f"{len(pruned)} groups shrunk, {len(dense)} left dense; params {self.params_before:,} -> "
+            f"{self.params_after:,} ({self.params_after / max(1, self.params_before):.1%})"
+        )
+
+
+# ---- validation ------------------------------------------------------------------------------------
+def _validate_patterns(patterns: Sequence[Any]) -> tuple[Channels | None, Heads | None, FFN | None]:
+    if isinstance(patterns, (Channels, Heads, FFN)):
+        patterns = (patterns,)
+    found: dict[type, Any] = {}
+    for p in patterns:
+        if not isinstance(p, (Channels, Heads, FFN)):
+            raise ConfigError(f"structured patterns must be Channels, Heads or FFN objects, got {p!r}")
+        ratio = p.ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0 <= ratio < 1:
+            raise ConfigError(f"{type(p).__name__}.ratio must be in [0, 1) (the fraction removed), got {ratio!r}")
+        if type(p) in found:
+            raise ConfigError(f"structured patterns name {type(p).__name__} twice")
+        found[type(p)] = p
+    return found.get(Channels), found.get(Heads), found.get(FFN)
+
+
+def _matches(name: str, globs: Sequence[str]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def _selected(group: ChannelGroup, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    names = {group.name} | {p.module for p in group.producers if p.module}
+    names |= {m.target.rpartition(".")[0] for m in group.producer_members}
+    if include and not any(_matches(n, include) for n in names):
+        return False
+    return not any(_matches(n, exclude) for n in names)
+
+
+# ---- planning ---------------------------------------------------------------------------------------
+def _pattern_for(g: ChannelGroup, ch: Channels | None, hd: Heads | None, ff: FFN | None) -> StructuredPattern | None:
+    if g.kind == "heads":
+        return hd
+    if g.kind == "ffn":
+        return ff if ff is not None else ch
+    return ch
+
+
+def group_key(g: ChannelGroup) -> str:
+    """A name for a group that survives pruning (used by iterative schedules)."""
+    first = g.producer_members[0].target if g.producer_members else g.members[0].target
+    return f"{g.kind}:{g.name}:{first}"
+
+
+def _keep_units(g: ChannelGroup, pat: StructuredPattern, base_units: int | None) -> int:
+    units = base_units or g.units
+    if isinstance(pat, Heads):
+        assert g.heads is not None
+        per_unit = g.heads.num_heads // g.units
+        n = S.heads_keep_units(units * per_unit, per_unit, units, pat.ratio, min_heads=pat.min_heads)
+    else:
+        per = g.channels // g.units
+        n = S.keep_count(units, pat.ratio, round_to=pat.round_to if per == 1 else 1, minimum=1)
+    return min(n, g.units)
+
+
+def _build_keep(model: nn.Module, chosen: list[tuple[ChannelGroup, torch.Tensor]]) -> dict[tuple[str, int], torch.Tensor]:
+    """Per (tensor, axis): the kept indices, merging every group's range of that axis."""
+    pieces: dict[tuple[str, int], dict[int, tuple[int, torch.Tensor]]] = defaultdict(dict)
+    for g, ku in chosen:
+        for m in g.members:
+            idx = S.unit_indices(ku, g.units, m.size) + m.offset
+            pieces[(m.target, m.axis)][m.offset] = (m.size, idx)
+    keep: dict[tuple[str, int], torch.Tensor] = {}
+    for (target, axis), ranges in pieces.items():
+        length = get_tensor(model, target).shape[axis]
+        parts: list[torch.Tensor] = []
+        pos = 0
+        for off in sorted(ranges):
+            size, idx = ranges[off]
+            if off > pos:
+                parts.append(torch.arange(pos, off))
+            parts.append(idx)
+            pos = off + size
+        if pos < length:
+            parts.append(torch.arange(pos, length))
+        keep[(target, axis)] = torch.cat(parts).to(torch.long)
+    return keep
+
+
+def make_masked_equivalent(original: nn.Module, result: StructuredResult) -> nn.Module:
+    """A deep copy of the dense ``original`` with the removed channels' contribution zeroed.
+
+    Every parameter slice a removed unit owns is zeroed: producer rows and biases, BatchNorm scale
+    and shift, consumer columns. Buffers are left alone (their channels then only reach zeroed
+    weights). Where removal is exact, ``shrunk(x) == masked(x)``.
+    """
+    masked = copy.deepcopy(original)
+    with torch.no_grad():
+        for fqn, axes in result.keep.items():
+            t = get_tensor(masked, fqn)
+            if not isinstance(t, nn.Parameter):
+                continue
+            for axis, kept in axes.items():
+                drop = torch.ones(t.shape[axis], dtype=torch.bool)
+                drop[torch.tensor(kept, dtype=torch.long)] = False
+                idx = drop.nonzero().flatten()
+                if idx.numel():
+                    t.index_fill_(axis, idx.to(t.device), 0)
+    return masked
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+def prune_structured(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    patterns: Sequence[StructuredPattern] | StructuredPattern,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    calibration: Iterable[tuple[Any, ...]] | None = None,
+    progress: bool = False,
+    verify: bool = True,
+    base_units: dict[str, int] | None = None,
+    analysis: GroupAnalysis | None = None,
+) -> StructuredResult:
+    """Physically remove channels / heads / FFN neurons of ``model`` IN PLACE and return what was done.
+
+    ``patterns``: ``Channels``, ``Heads`` and/or ``FFN`` (at most one of each); ``ratio`` is the
+    fraction of each group's units to remove, in [0, 1). ``include`` / ``exclude``: fnmatch globs
+    over module fqns (a group counts when one of its producing modules matches). ``calibration``:
+    batches (tuples of positional inputs) for ``taylor`` and ``activation`` importance; the example
+    inputs are used when it is None. ``verify``: compare the shrunk model with the masked-equivalent
+    dense model on ``example_inputs`` (ValidationError on a mismatch). ``base_units``: group key ->
+    unit count the ratios refer to (iterative schedules: ratios of the original size).
+
+    Raises ConfigError (bad pattern), WeightError (a layer would keep zero channels or heads),
+    UnsupportedModelError (no graph), ValidationError (the shrunk model does not compute what the
+    masked model computes).
+    """
+    ch, hd, ff = _validate_patterns(patterns if isinstance(patterns, (list, tuple)) else (patterns,))  # type: ignore[arg-type]
+    example_inputs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+    params_before = _count_params(model)
+    analysis = analysis if analysis is not None else find_groups(model, example_inputs)
+    records: dict[int, GroupRecord] = {}
+    decisions: list[Decision] = []
+    candidates: list[tuple[ChannelGroup, StructuredPattern]] = []
+
+    for g in analysis.groups:
+        pat = _pattern_for(g, ch, hd, ff)
+        rec = GroupRecord(
+            id=g.id,
+            kind=g.kind,
+            name=g.name,
+            members=[f"{m.target}:{m.axis}[{m.offset}:{m.offset + m.size}]" for m in g.members],
+            pattern=str(pat) if pat is not None else None,
+            pruned=False,
+            units_before=g.units,
+            units_after=g.units,
+            channels_before=g.channels,
+            channels_after=g.channels,
+            heads=_heads_dict(g),
+        )
+        records[g.id] = rec
+        if pat is None:
+            rec.message = "no pattern for this kind of group"
+            continue
+        if g.blockers:
+            b = g.blockers[0]
+            rec.reason, rec.node, rec.source = SkipReason.UNSLICEABLE_GROUP, b.node, b.source
+            rec.message = _blocked_message(model, g)
+            decisions.append(_decision(model, g, rec))
+        elif not _selected(g, include, exclude):
+            rec.reason, rec.message = SkipReason.EXCLUDED_BY_FILTER, "excluded by the include/exclude globs"
+            decisions.append(_decision(model, g, rec))
+        else:
+            candidates.append((g, pat))
+
+    taylor = activations = None
+    methods = {p.importance for _, p in candidates}
+    if "taylor" in methods:
+        taylor = accumulate_taylor(model, batches(calibration, example_inputs), progress=progress)
+    if "activation" in methods:
+        mods = {m.target.rpartition(".")[0] for g, p in candidates if p.importance == "activation" for m in g.producer_members}
+        with _eval(model):
+            activations = accumulate_activations(model, mods, batches(calibration, example_inputs), progress=progress)
+
+    scores = {g.id: group_importance(model, g, p.importance, taylor=taylor, activations=activations) for g, p in candidates}
+    counts: dict[int, int] = {}
+    global_ids = [g.id for g, p in candidates if isinstance(p, Channels) and p.scope == "global"]
+    for g, p in candidates:
+        if g.id not in global_ids:
+            counts[g.id] = _keep_units(g, p, (base_units or {}).get(group_key(g)))
+    if global_ids and ch is not None:
+        gmap = {g.id: g for g, _ in candidates}
+        ratio = ch.ratio
+        if base_units:
+            orig = sum(base_units.get(group_key(gmap[i]), gmap[i].units) for i in global_ids)
+            cur = sum(gmap[i].units for i in global_ids)
+            ratio = max(0.0, 1.0 - (1.0 - ch.ratio) * orig / max(1, cur))
+        rt = {i: (ch.round_to if gmap[i].channels == gmap[i].units else 1) for i in global_ids}
+        counts.update(S.global_keep_counts({i: scores[i] for i in global_ids}, ratio, round_to=rt))
+    for g, _ in candidates:
+        if counts[g.id] < 1:
+            raise WeightError(
+                f"pruning would leave layer {g.name} with zero {'heads' if g.kind == 'heads' else 'channels'} "
+                f"(all {g.units} units ranked below the global threshold); lower the ratio or use scope='layer'"
+            )
+
+    chosen: list[tuple[ChannelGroup, torch.Tensor]] = []
+    for g, p in candidates:
+        rec = records[g.id]
+        s = scores[g.id]
+        ku = S.select_top(s, counts[g.id])
+        rec.importance = _importance_summary(s, ku)
+        if ku.numel() >= g.units:
+            rec.reason = SkipReason.TOO_SMALL
+            rec.message = f"{p} removes nothing from {g.units} units after rounding"
+            decisions.append(_decision(model, g, rec))
+            continue
+        chosen.append((g, ku))
+        rec.pruned = True
+        rec.units_after = int(ku.numel())
+        rec.channels_after = g.channels // g.units * int(ku.numel())
+        rec.removed_units = sorted(set(range(g.units)) - set(ku.tolist()))
+
+    keep = _build_keep(model, chosen)
+    keep_json: dict[str, dict[int, list[int]]] = {}
+    for (t, a), idx in keep.items():
+        keep_json.setdefault(t, {})[a] = idx.tolist()
+    original_shapes = {t: list(get_tensor(model, t).shape) for t in keep_json}
+    result = StructuredResult(model, list(records.values()), decisions, {}, keep_json, original_shapes, params_before, params_before)
+
+    reference = None
+    if verify and chosen:
+        masked = make_masked_equivalent(model, result)
+        with _eval(masked):
+            reference = masked(*example_inputs)
+        del masked
+
+    rc = remove_channels(model, keep)
+    module_attrs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in rc.modules.items()}
+    heads_changes: list[tuple[int, int, int, int]] = []
+    for g, ku in chosen:
+        if g.kind != "heads" or g.heads is None:
+            continue
+        h = g.heads
+        kv_per_unit = h.num_kv_heads // g.units
+        q_per_unit = h.num_heads // g.units
+        new_h, new_kv = q_per_unit * int(ku.numel()), kv_per_unit * int(ku.numel())
+        try:
+            attn = model.get_submodule(h.module) if h.module else model
+        except AttributeError:
+            result.notes.append(f"attention module {h.module!r} not found; its head counts were not updated")
+            continue
+        changed = update_attention_attrs(
+            attn, old_heads=h.num_heads, old_kv=h.num_kv_heads, new_heads=new_h, new_kv=new_kv, head_dim=h.head_dim, name=h.module
+        )
+        if changed:
+            module_attrs.setdefault(h.module, {}).update(changed)
+        heads_changes.append((h.num_heads, h.num_kv_heads, new_h, new_kv))
+        records[g.id].heads = {**(records[g.id].heads or {}), "num_heads_after": new_h, "num_kv_heads_after": new_kv}
+    ffn_changes = [(g.channels, g.channels // g.units * int(ku.numel())) for g, ku in chosen if g.kind == "ffn"]
+    n_attn = sum(1 for g in analysis.groups if g.kind == "heads")
+    n_ffn = sum(1 for g in analysis.groups if g.kind == "ffn" and g.prunable)
+    cfg_changes, cfg_notes = update_hf_config(
+        model,
+        heads=heads_changes,
+        ffn=ffn_changes,
+        all_attention_pruned=len(heads_changes) == n_attn,
+        all_ffn_pruned=len(ffn_changes) == n_ffn,
+    )
+    result.notes.extend(cfg_notes)
+    result.delta = {
+        "format": DELTA_FORMAT,
+        "tensors": rc.tensors,
+        "modules": module_attrs,
+        "config": cfg_changes,
+        "groups": [
+            {"id": r.id, "kind": r.kind, "name": r.name, "units_before": r.units_before, "units_after": r.units_after}
+            for r in result.groups
+            if r.pruned
+        ],
+    }
+    result.params_after = _count_params(model)
+
+    if reference is not None:
+        result.parity = _verify(model, example_inputs, reference, chosen)
+    log.info("structured pruning: %s", result.summary())
+    return result
+
+
+def _verify(model: nn.Module, example_inputs: tuple[Any, ...], reference: Any, chosen: list[tuple[ChannelGroup, torch.Tensor]]) -> dict[str, Any]:
+    from graphprune.runtime.compare import compare_outputs
+
+    suspects = [n for g, _ in chosen for n in g.reshape_nodes]
+    hint = (
+        f"; reshape nodes that read the pruned widths: {', '.join(suspects[:8])} — a forward that hard-codes a head "
+        "count or width (folded into a constant at capture) cannot be shrunk"
+        if suspects
+        else ""
+    )
+    try:
+        with _eval(model):
+            got = model(*example_inputs)
+    except Exception as e:
+        raise ValidationError(f"the shrunk model no longer runs: {type(e).__name__}: {str(e)[:500]}{hint}") from e
+    stats = compare_outputs(reference, got)
+    if not stats.ok:
+        raise ValidationError(
+            f"the shrunk model differs from the masked-equivalent dense model (max_abs={stats.max_abs:.3g}){hint}"
+        )
+    return {"ok": True, "max_abs": float(stats.max_abs)}
+
+
+def _heads_dict(g: ChannelGroup) -> dict[str, int] | None:
+    if g.heads is None:
+        return None
+    return {"num_heads": g.heads.num_heads, "num_kv_heads": g.heads.num_kv_heads, "head_dim": g.heads.head_dim}
+
+
+def _importance_summary(s: torch.Tensor, kept: torch.Tensor) -> dict[str, float]:
+    s = s.float()
+    total = float(s.sum()) or 1.0
+    return {
+        "min": float(s.min()),
+        "mean": float(s.mean()),
+        "max": float(s.max()),
+        "kept_share": float(s[kept].sum()) / total if kept.numel() else 0.0,
+    }
+
+
+def _blocked_message(model: nn.Module, g: ChannelGroup) -> str:
+    parts = [f"{b.reason} (node {b.node}{', ' + b.source if b.source else ''})" for b in g.blockers[:3]]
+    more = f" and {len(g.blockers) - 3} more" if len(g.blockers) > 3 else ""
+    msg = f"group {g.name} left dense: " + "; ".join(parts) + more
+    for m in g.members:
+        owner_name = m.target.rpartition(".")[0]
+        with contextlib.suppress(AttributeError):
+            if isinstance(model.get_submodule(owner_name), nn.MultiheadAttention):
+                msg += "; nn.MultiheadAttention ties its head width to embed_dim, so its heads cannot be removed"
+                break
+    return msg
+
+
+def _decision(model: nn.Module, g: ChannelGroup, rec: GroupRecord) -> Decision:
+    first = g.producer_members[0] if g.producer_members else g.members[0]
+    try:
+        shape = tuple(get_tensor(model, first.target).shape)
+    except KeyError:
+        shape = ()
+    return Decision(
+        param=first.target,
+        module=first.target.rpartition(".")[0],
+        op=f"structured_{g.kind}",
+        shape=shape,
+        k_axis=first.axis,
+        pruned=False,
+        pattern=rec.pattern,
+        reason=rec.reason,
+        message=rec.message,
+        source=rec.source,
+    )
+
+
+# ---- iterative schedules -----------------------------------------------------------------------------
+@dataclass
+class IterativeResult:
+    model: nn.Module
+    steps: list[StructuredResult]
+    snapshots: list[nn.Module]
+    ratios: list[float]
+
+
+def prune_structured_iteratively(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    ratios: Sequence[float],
+    make_patterns: Callable[[float], Sequence[StructuredPattern]],
+    *,
+    between_steps: Callable[[int, nn.Module], None] | None = None,
+    keep_snapshots: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    calibration: Iterable[tuple[Any, ...]] | None = None,
+    verify: bool = True,
+) -> IterativeResult:
+    """Prune in steps (e.g. 0.2 → 0.4 → 0.6), each ratio of the ORIGINAL size, mutating ``model``.
+
+    ``make_patterns(ratio)`` gives the patterns of one step. After step ``i``, ``between_steps(i,
+    model)`` runs (retraining); then a deep copy of the model is kept as snapshot ``i`` (CAP uses
+    these as contrastive targets). Ratios must increase.
+    """
+    rs = [float(r) for r in ratios]
+    for r in rs:
+        if not 0 <= r < 1:
+            raise ConfigError(f"iterative ratios must be in [0, 1), got {r!r}")
+    if any(b <= a for a, b in itertools.pairwise(rs)):
+        raise ConfigError(f"iterative ratios must increase (each is a fraction of the original size), got {rs}")
+    base: dict[str, int] | None = None
+    steps: list[StructuredResult] = []
+    snaps: list[nn.Module] = []
+    calib = list(calibration) if calibration is not None else None
+    for i, r in enumerate(rs):
+        analysis = find_groups(model, example_inputs)
+        if base is None:
+            base = {group_key(g): g.units for g in analysis.groups}
+        res = prune_structured(
+            model, example_inputs, make_patterns(r), include=include, exclude=exclude, calibration=calib,
+            verify=verify, base_units=base, analysis=analysis,
+        )
+        steps.append(res)
+        if between_steps is not None:
+            between_steps(i, model)
+        if keep_snapshots:
+            snaps.append(copy.deepcopy(model))
+    return IterativeResult(model, steps, snaps, rs)
+
+
+__all__ = [
+    "GroupRecord",
+    "IterativeResult",
+    "StructuredResult",
+    "accumulate_activations",
+    "accumulate_taylor",
+    "group_importance",
+    "group_key",
+    "make_masked_equivalent",
+    "prune_structured",
+    "prune_structured_iteratively",
+]

@@ -1,0 +1,155 @@
+"""Finding the weights to prune by walking modules (the training side's site finder).
+
+:func:`find_prunable_sites` is the one place that decides which weights the training APIs prune:
+ASP, gradual, movement and one-shot pruning all take their sites from it (or from an explicit list
+of :class:`SiteEntry`). It walks ``model.named_modules()`` with a whitelist of module types and
+allowed / disallowed fqn patterns, ASP style; it can be swapped for the graph-based finder of
+``graphprune.analysis`` by producing the same ``SiteEntry`` records.
+
+The reduction axis K (what N:M groups run along): Linear ``[out, in]`` and Conv ``[out, in/g, *k]``:
+axis 1; transformers ``Conv1D`` ``[in, out]`` and ConvTranspose ``[in, out/g, *k]``: axis 0.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphprune.errors import ConfigError
+
+__all__ = ["DEFAULT_WHITELIST", "HF_CONV1D", "SiteEntry", "find_prunable_sites", "module_k_axis", "unwrap"]
+
+HF_CONV1D = "transformers.Conv1D"  # whitelist entry for transformers.pytorch_utils.Conv1D (no import needed)
+DEFAULT_WHITELIST: tuple[Any, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, HF_CONV1D)
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    """One prunable weight found by :func:`find_prunable_sites`."""
+
+    name: str  # owning module fqn
+    module: nn.Module = field(repr=False)
+    param_name: str  # "weight"
+    k_axis: int
+
+    @property
+    def fqn(self) -> str:
+        return f"{self.name}.{self.param_name}" if self.name else self.param_name
+
+    @property
+    def param(self) -> torch.Tensor:
+        return getattr(self.module, self.param_name)  # type: ignore[no-any-return]
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    t = type(module)
+    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
+
+
+def module_k_axis(
+    module: nn.Module, param_name: str = "weight", custom: Mapping[type, int] | None = None
+) -> int | None:
+    """The reduction axis K of ``module.<param_name>``, or None for modules we do not know.
+
+    Linear ``[out, in]`` and Conv ``[out, in/g, *k]``: 1; transformers ``Conv1D`` ``[in, out]`` and
+    ConvTranspose ``[in, out/g, *k]``: 0.
+    """
+    if param_name != "weight":
+        return None
+    if custom:
+        for t, k in custom.items():
+            if isinstance(module, t):
+                return k
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return 1
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return 0
+    if _is_hf_conv1d(module):
+        return 0
+    return None
+
+
+def _type_matches(module: nn.Module, entry: Any) -> bool:
+    if isinstance(entry, type):
+        return isinstance(module, entry)
+    if isinstance(entry, str):
+        if entry in (HF_CONV1D, "Conv1D"):
+            return _is_hf_conv1d(module)
+        t = type(module)
+        return entry in (t.__name__, f"{t.__module__}.{t.__qualname__}")
+    raise ConfigError(f"whitelist entries must be module types or type names, got {entry!r}")
+
+
+def _name_matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def find_prunable_sites(
+    model: nn.Module,
+    *,
+    whitelist: Sequence[Any] = DEFAULT_WHITELIST,
+    allowed_layer_names: Sequence[str] | None = None,
+    disallowed_layer_names: Sequence[str] = (),
+    custom_layer_dict: Mapping[type, int] | None = None,
+) -> list[SiteEntry]:
+    """Walk ``model``'s modules and return the weights to prune, in module order.
+
+    A module is a site when its type is in ``whitelist`` (types, or names such as ``"Linear"`` and
+    ``"transformers.Conv1D"``) or in ``custom_layer_dict`` ({type: k_axis}), its fqn matches
+    ``allowed_layer_names`` (exact names or fnmatch globs; None = all) and matches no
+    ``disallowed_layer_names``. Raises ConfigError when nothing matches, listing what the model has.
+    """
+    model = unwrap(model)
+    whitelist = tuple(whitelist) + tuple(custom_layer_dict or ())
+    if not whitelist:
+        raise ConfigError("whitelist is empty; give module types such as torch.nn.Linear")
+    if isinstance(allowed_layer_names, str) or isinstance(disallowed_layer_names, str):
+        raise ConfigError("allowed_layer_names / disallowed_layer_names must be lists of names, not one string")
+    out: list[SiteEntry] = []
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if not any(_type_matches(module, w) for w in whitelist):
+            continue
+        if allowed_layer_names is not None and not _name_matches(name, allowed_layer_names):
+            continue
+        if _name_matches(name, disallowed_layer_names):
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() < 2 or id(weight) in seen:
+            continue
+        k = module_k_axis(module, "weight", custom_layer_dict)
+        if k is None:
+            raise ConfigError(
+                f"layer {name!r} ({type(module).__name__}) is whitelisted but graphprune does not know its "
+                "reduction axis; add its type to custom_layer_dict={Type: k_axis}"
+            )
+        seen.add(id(weight))
+        out.append(SiteEntry(name=name, module=module, param_name="weight", k_axis=k))
+    if not out:
+        types = Counter(type(m).__name__ for _, m in model.named_modules())
+        have = ", ".join(f"{t}×{c}" for t, c in sorted(types.items()))
+        wl = ", ".join(w.__name__ if isinstance(w, type) else str(w) for w in whitelist)
+        names = [n for n, _ in model.named_modules() if n][:12]
+        extra = ""
+        if allowed_layer_names is not None or disallowed_layer_names:
+            extra = (
+                f"; allowed_layer_names={list(allowed_layer_names) if allowed_layer_names is not None else None}, "
+                f"disallowed_layer_names={list(disallowed_layer_names)}; the model's layers include: {', '.join(names)}"
+            )
+        raise ConfigError(
+            f"no layer of {type(model).__name__} matches the whitelist ({wl}){extra}. The model has: {have}"
+        )
+    return out

@@ -1,0 +1,211 @@
+"""Wanda and SparseGPT: maths on a synthetic Linear, and the layer-by-layer calibration driver."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from graphprune.config import SemiStructured, Unstructured
+from graphprune.errors import InputError, WeightError
+from graphprune.sparsity.metrics import check_nm
+from graphprune.sparsity.oneshot import (
+    HessianAccumulator,
+    InputNormAccumulator,
+    reconstruction_error,
+    sparsegpt_prune,
+    wanda_mask,
+    wanda_scores,
+)
+from graphprune.sparsity.semi_structured import nm_mask
+from graphprune.training.oneshot import block_of, prune_oneshot
+
+
+def synthetic(k: int = 64, r: int = 32, t: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correlated inputs whose features have very different scales (as in real activations)."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.exp(torch.randn(k, generator=g))
+    mix = torch.randn(k, k, generator=g) * 0.3 + torch.eye(k)
+    x = (torch.randn(t, k, generator=g) @ mix) * scales
+    return torch.randn(r, k, generator=g), x
+
+
+@pytest.mark.parametrize("pattern", [SemiStructured(n=2, m=4), Unstructured(sparsity=0.5)], ids=str)
+def test_sparsegpt_beats_wanda_beats_magnitude(pattern: SemiStructured | Unstructured) -> None:
+    w, x = synthetic()
+    hess, norms = HessianAccumulator(64), InputNormAccumulator(64)
+    for chunk in x.split(100):  # accumulated in pieces, never stored
+        hess.add(chunk)
+        norms.add(chunk)
+    torch.testing.assert_close(hess.H, 2 * x.T @ x / x.shape[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(norms.norm(), x.norm(dim=0), rtol=1e-5, atol=1e-5)
+    new_w, keep = sparsegpt_prune(w, hess.H, pattern, axis=1, blocksize=16)
+    wanda = wanda_mask(w, norms.norm(), pattern, axis=1)
+    magnitude = (
+        nm_mask(w, 2, 4, axis=1)
+        if isinstance(pattern, SemiStructured)
+        else wanda_mask(w, torch.ones(64), pattern, axis=1)
+    )
+    e_sgpt = reconstruction_error(w, new_w, x)
+    e_wanda = reconstruction_error(w, w * wanda, x)
+    e_mag = reconstruction_error(w, w * magnitude, x)
+    assert e_sgpt < e_wanda < e_mag, (e_sgpt, e_wanda, e_mag)
+    assert torch.count_nonzero(new_w[~keep]) == 0
+    for m in (keep, wanda):
+        assert m.dtype == torch.bool and m.float().mean() == 0.5
+    if isinstance(pattern, SemiStructured):
+        assert check_nm(new_w, 2, 4, axis=1).ok and check_nm(keep, 2, 4, axis=1).ok and check_nm(wanda, 2, 4, axis=1).ok
+        assert keep.reshape(32, 16, 4).sum(-1).eq(2).all()  # exactly 2 of every 4
+    else:
+        assert wanda.sum(1).eq(32).all()  # Wanda compares within each output row
+
+
+def test_maths_on_k_axis_zero_and_errors() -> None:
+    w, x = synthetic(k=32, r=16)
+    hess = HessianAccumulator(32)
+    hess.add(x)
+    new_t, keep_t = sparsegpt_prune(w.T.contiguous(), hess.H, SemiStructured(), axis=0)  # Conv1D layout [K, R]
+    new_w, keep_w = sparsegpt_prune(w, hess.H, SemiStructured(), axis=1)
+    torch.testing.assert_close(new_t.T, new_w)
+    assert torch.equal(keep_t.T, keep_w)
+    torch.testing.assert_close(wanda_scores(w, torch.arange(32.0), axis=1), w.abs() * torch.arange(32.0))
+    with pytest.raises(WeightError, match=r"Hessian has shape \(8, 8\), expected \(32, 32\)"):
+        sparsegpt_prune(w, torch.eye(8), SemiStructured(), axis=1)
+    with pytest.raises(WeightError, match="2-D weight"):
+        wanda_mask(torch.ones(2, 4, 3, 3), torch.ones(4), SemiStructured(), axis=1)
+    with pytest.raises(WeightError, match=r"calibration rows must have shape \[T, 32\]"):
+        hess.add(torch.ones(3, 31))
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 128)) for _ in range(2)]
+        )
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).flatten(1)[:, :128]
+        for b in self.blocks:
+            h = h + b(h)
+        return self.head(h)
+
+
+def calib(n: int = 6, seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 4, 4, 4, generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
+def test_driver_prunes_every_layer_2_4(method: str) -> None:
+    torch.manual_seed(0)
+    model = Small()
+    dense = Small()
+    dense.load_state_dict(model.state_dict())
+    plan = prune_oneshot(model, calib(), method=method, pattern=SemiStructured())  # type: ignore[arg-type]
+    assert list(plan.sites) == [
+        "conv.weight",
+        "blocks.0.0.weight",
+        "blocks.0.2.weight",
+        "blocks.1.0.weight",
+        "blocks.1.2.weight",
+        "head.weight",
+    ]
+    params = dict(model.named_parameters())
+    for fqn, site in plan.sites.items():
+        assert check_nm(params[fqn], 2, 4, axis=1).ok, fqn
+        assert check_nm(site.mask, 2, 4, axis=1).ok
+        assert site.mask.float().mean() == 0.5
+        assert (site.values is not None) == (method == "sparsegpt")
+    # the plan reproduces the pruned model from the dense one
+    plan.apply(dense)
+    x = calib(1, seed=5)[0]
+    torch.testing.assert_close(dense(x), model(x))
+
+
+@torch.no_grad()
+def test_driver_sparsegpt_reduces_output_error_vs_magnitude() -> None:
+    torch.manual_seed(0)
+    base = Small()
+    x = calib(1, seed=9, batch=64)[0]  # held out from the calibration batches
+    ref = base(x).detach()
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        model = Small()
+        model.load_state_dict(base.state_dict())
+        prune_oneshot(model, calib(16, batch=16), method=method, pattern=SemiStructured())  # type: ignore[arg-type]
+        errors[method] = float((model(x) - ref).norm() / ref.norm())
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
+
+
+def test_driver_groups_blocks_and_skips() -> None:
+    assert block_of("encoder.layer.3.attention.self.query") == "encoder.layer.3"
+    assert block_of("head") == "head"
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 8))
+    plan = prune_oneshot(model, [torch.randn(2, 6)], method="wanda", pattern=SemiStructured())
+    assert list(plan.sites) == ["1.weight"]
+    assert plan.skipped[0]["param"] == "0.weight" and plan.skipped[0]["reason"] == "k_not_divisible"
+    grouped = nn.Sequential(nn.Conv2d(8, 8, 1, groups=2), nn.Flatten(), nn.Linear(8 * 16, 4))
+    plan = prune_oneshot(grouped, [torch.randn(2, 8, 4, 4)], method="sparsegpt", allowed_layer_names=["0", "2"])
+    assert list(plan.sites) == ["2.weight"]
+    assert plan.skipped[0]["reason"] == "unsupported_op" and "groups=2" in plan.skipped[0]["message"]
+
+
+def test_driver_permutation_records_perm_and_keeps_more() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([3.0, 3.0, 0.1, 0.1] * 8))
+    w = model[0].weight.detach().clone()
+    batches = [torch.randn(16, 32)]
+    plan = prune_oneshot(model, batches, method="wanda", permutation=True, permutation_time_budget_s=0.5)
+    site = plan.sites["0.weight"]
+    assert site.perm is not None
+    assert check_nm(site.mask.index_select(1, site.perm), 2, 4, axis=1).ok
+    plain = wanda_mask(w, batches[0].norm(dim=0), SemiStructured(), axis=1)
+    score = w.abs() * batches[0].norm(dim=0)
+    assert float((score * site.mask).sum()) >= float((score * plain).sum())
+
+
+# ---- bad calibration data -------------------------------------------------------------------------
+
+
+def test_calibration_of_the_wrong_shape_names_the_input() -> None:
+    model = nn.Sequential(nn.Linear(16, 8))
+    with pytest.raises(
+        InputError, match=r"calibration batch 0 \(input: float32\[4, 12\]\).*layer '0'.*expects 16 input features"
+    ):
+        prune_oneshot(model, [torch.randn(4, 12)], method="sparsegpt", sequential=False)
+    with pytest.raises(
+        InputError, match=r"calibration batch 1: input 'input' is float32\[4\], the first batch's was float32\[4, 16\]"
+    ):
+        prune_oneshot(model, [torch.randn(4, 16), torch.randn(4)], method="wanda")
+    with pytest.raises(
+        InputError,
+        match=r"calibration batch 1 has inputs \(x: float32\[2, 16\], y: .*\) but the first batch had \(x: float32\[2, 16\]\)",
+    ):
+        prune_oneshot(
+            model, [{"x": torch.randn(2, 16)}, {"x": torch.randn(2, 16), "y": torch.randn(2)}], method="wanda"
+        )
+    with pytest.raises(InputError, match="calibration data is empty"):
+        prune_oneshot(model, [], method="wanda")
+    with pytest.raises(InputError, match="iterable of batches"):
+        prune_oneshot(model, torch.randn(4, 16), method="wanda")
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(
+        InputError, match=r"calibration batch 0 \(input: float32\[1, 4, 8, 8\]\) failed in the model's forward"
+    ):
+        prune_oneshot(conv, [torch.randn(1, 4, 8, 8)], method="wanda")
+
+
+def test_driver_on_conv1d_and_hf_conv1d() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(8, 16, 3, padding=1), nn.Flatten(1), transformers.pytorch_utils.Conv1D(8, 16 * 6))
+    batches = [torch.randn(4, 8, 6) for _ in range(4)]
+    plan = prune_oneshot(model, batches, method="sparsegpt")
+    assert plan.sites["0.weight"].extra["calibration_rows"] == 4 * 4 * 6  # one row per output position
+    assert plan.sites["2.weight"].k_axis == 0
+    assert check_nm(model[0].weight, 2, 4, axis=1).ok and check_nm(model[2].weight, 2, 4, axis=0).ok
