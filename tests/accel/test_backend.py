@@ -15,7 +15,10 @@ from graphprune.runtime.compare import compare_outputs
 from graphprune.sparsity import nm_mask
 from models.zoo import build
 
-ZOO = ["mlp", "conv_bn", "residual_cnn", "attention_block", "hf_bert"]
+ZOO = [
+    "mlp", "conv_bn", "residual_cnn", "depthwise_cnn", "conv_variety", "functional_matmul", "tied_weights",
+    "attention_block", "hf_bert", "hf_gpt2", "hf_llama",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +52,12 @@ def test_default_equals_eager(name):
     assert all(f["chosen"] == "dense" for f in rep.forms)  # dense zoo weights: nothing to accelerate
 
 
-@pytest.mark.parametrize("name", ZOO)
+# The backend's own pruning reads Linear/Conv weights only; HF Conv1D (addmm) and functional
+# matmuls with a parameter operand are not pruned there yet (graphprune.compile prunes them).
+PRUNABLE_BY_BACKEND = [n for n in ZOO if n not in ("functional_matmul", "hf_gpt2")]
+
+
+@pytest.mark.parametrize("name", PRUNABLE_BY_BACKEND)
 def test_pattern_prunes_first(name):
     model, inputs = build(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
