@@ -261,7 +261,16 @@ def distill(
         return hid + pooled  # type: ignore[return-value]
 
     steps = args.max_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 50))
+    # Warm-up over 20 steps, then linear decay to 10% over the *time* budget (the step count a time
+    # budget buys on a shared machine is not known in advance).
+    budget_s = args.distill_minutes * 60 - cache_seconds
+    t_train = time.time()
+
+    def lr_factor(i: int) -> float:
+        decay = max(0.1, 1.0 - (time.time() - t_train) / budget_s) if args.decay else 1.0
+        return min(1.0, (i + 1) / 20) * decay
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = batch_iter()
     curve: list[tuple[int, float, float]] = []
 
@@ -281,7 +290,7 @@ def distill(
         epochs=1,
         callbacks=[DevProbe()],
         scheduler=sched,
-        time_limit_s=args.distill_minutes * 60 - cache_seconds,
+        time_limit_s=budget_s,
         log_every=50,
     )
     student.eval()
@@ -315,7 +324,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--mse-weight", type=float, default=0.0, help="weight of the relative hidden-state MSE term")
+    ap.add_argument("--mse-weight", type=float, default=1.0, help="weight of the relative hidden-state MSE term")
+    ap.add_argument("--no-decay", dest="decay", action="store_false", help="constant LR after warm-up")
     ap.add_argument("--no-distill", dest="distill", action="store_false")
     ap.add_argument("--dev", type=int, default=100, help="calib-split sentences held out of training for --dev-every")
     ap.add_argument("--dev-every", type=int, default=0, help="print the dev cosine every N steps (0: never)")

@@ -401,12 +401,18 @@ class ASP:
         return {s.fqn: s.mask for s in self.sites}
 
     # ---- checkpoints and plans ------------------------------------------------------------------
+    @staticmethod
+    def _strip_ddp_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """A checkpoint saved from a DistributedDataParallel wrapper has every key under ``module.``."""
+        keys = list(state_dict)
+        if keys and all(k.startswith("module.") for k in keys):
+            return {k[len("module.") :]: v for k, v in state_dict.items()}
+        return dict(state_dict)
+
     def check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Raise InputError if ``state_dict`` carries masks for layers that are not sites of this ASP."""
-        own = {f"{s.entry.name}.{s.entry.param_name}{MASK_SUFFIX}".lstrip(".") for s in self.sites}
-        strip = "module."
-        keys = [k[len(strip) :] if k.startswith(strip) and k not in own else k for k in state_dict]
-        foreign = [k for k in keys if k.endswith(MASK_SUFFIX) and k not in own]
+        own = {s.fqn + MASK_SUFFIX for s in self.sites}
+        foreign = [k for k in self._strip_ddp_prefix(state_dict) if k.endswith(MASK_SUFFIX) and k not in own]
         if foreign:
             raise InputError(
                 f"the checkpoint has sparsity masks for {len(foreign)} layer(s) this model lacks or does not prune: "
@@ -417,9 +423,9 @@ class ASP:
             )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        """Load a checkpoint (weights and masks) into the model after checking its masks."""
+        """Load a checkpoint (weights and masks; a DDP ``module.`` prefix is removed) after checking its masks."""
         self.check_state_dict(state_dict)
-        self.model.load_state_dict(state_dict, strict=strict)  # type: ignore[arg-type]
+        self.model.load_state_dict(self._strip_ddp_prefix(state_dict), strict=strict)
         self._computed = any(not bool(s.mask.all()) for s in self.sites)
 
     def to_plan(self) -> Plan:

@@ -60,6 +60,13 @@ class _StopForward(Exception):
     pass
 
 
+_GROUPINGS: dict[str, Callable[[str], str]] = {
+    "block": block_of,  # one transformer block (or top-level module) at a time
+    "parent": lambda fqn: fqn.rpartition(".")[0],  # layers sharing a parent: q/k/v together, then o, up, down
+    "layer": lambda fqn: fqn,  # every layer on the outputs of all layers pruned before it
+}
+
+
 # --------------------------------------------------------------------------- the driver
 
 
@@ -74,7 +81,7 @@ def prune_oneshot(
     allowed_layer_names: Sequence[str] | None = None,
     disallowed_layer_names: Sequence[str] = (),
     sequential: bool = True,
-    group_by: Callable[[str], str] = block_of,
+    group_by: Literal["block", "parent", "layer"] | Callable[[str], str] = "block",
     early_exit: bool = True,
     blocksize: int = 128,
     percdamp: float = 0.01,
@@ -93,9 +100,19 @@ def prune_oneshot(
         sites: explicit sites (else :func:`~graphprune.training.asp.find_prunable_sites` with the filters).
         sequential: prune group by group, each calibrated on the outputs of the pruned groups before it;
             False collects all statistics in one pass on the dense model.
+        group_by: the groups: ``"block"`` (default: fqn up to its first numeric component, e.g. one
+            transformer layer), ``"parent"`` (layers with the same parent module: for BERT q/k/v, then
+            the attention output, then the FFN's up and down projections in turn — SparseGPT's "true
+            sequential"), ``"layer"`` (each layer alone), or ``fn(module_fqn) -> group key``.
         permutation: for N:M, search a permutation of each weight's K axis (on the method's scores) and
             prune in permuted space; the plan records the permutation (masks are in the model's layout).
     """
+    if isinstance(group_by, str):
+        if group_by not in _GROUPINGS:
+            raise ConfigError(
+                f"prune_oneshot group_by must be one of {sorted(_GROUPINGS)} or a callable, got {group_by!r}"
+            )
+        group_by = _GROUPINGS[group_by]
     if method not in ("wanda", "sparsegpt", "magnitude"):
         raise ConfigError(f"prune_oneshot method must be 'wanda', 'sparsegpt' or 'magnitude', got {method!r}")
     if not isinstance(pattern, (SemiStructured, Unstructured)):

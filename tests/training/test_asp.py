@@ -97,6 +97,10 @@ def test_masks_are_buffers_and_survive_state_dict_round_trip() -> None:
     for fqn, m in asp.masks().items():
         assert torch.equal(asp2.masks()[fqn], m)
     assert asp2.is_sparsity_enabled()
+    from_ddp = make_net(seed=2)  # a checkpoint saved from a DDP wrapper: every key under "module."
+    asp3 = ASP(from_ddp)
+    asp3.load_state_dict({f"module.{k}": v for k, v in loaded.items()})
+    assert all(torch.equal(asp3.masks()[k], m) for k, m in asp.masks().items())
     opt2 = torch.optim.Adam(fresh.parameters(), lr=0.01)
     asp2.init_optimizer_for_pruning(opt2)
     train_steps(fresh, opt2, 3)
