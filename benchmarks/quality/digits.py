@@ -167,7 +167,9 @@ def main() -> None:
     t0 = time.time()
     per_seed = {s: run_seed(s, args.epochs, args.retrain_epochs, args.gradual_epochs) for s in args.seeds}
     keys = list(per_seed[args.seeds[0]])
-    print(f"digits CNN, test split 25% (450 images), seeds {args.seeds}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(
+        f"digits CNN, test split 25% (450 images), seeds {args.seeds}, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+    )
     print(f"| variant | {' | '.join(f'seed {s}' for s in args.seeds)} | mean | Δ vs dense |")
     print("|---|" + "---|" * (len(args.seeds) + 2))
     dense_mean = statistics.mean(per_seed[s]["dense"] for s in args.seeds)
@@ -181,7 +183,9 @@ def main() -> None:
     print(f"total {time.time() - t0:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"per_seed": per_seed, "mean": summary, "args": vars(args), "torch": torch.__version__}, f, indent=2)
+            json.dump(
+                {"per_seed": per_seed, "mean": summary, "args": vars(args), "torch": torch.__version__}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

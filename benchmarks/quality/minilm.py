@@ -157,7 +157,12 @@ def calib_batches(tok: Any, sents: list[str], max_batch: int = 32) -> list[dict[
 
 
 def one_shot(
-    dense: nn.Module, tok: Any, calib: list[dict[str, torch.Tensor]], eval_emb: torch.Tensor, eval_sents: list[str], args: Any
+    dense: nn.Module,
+    tok: Any,
+    calib: list[dict[str, torch.Tensor]],
+    eval_emb: torch.Tensor,
+    eval_sents: list[str],
+    args: Any,
 ) -> tuple[dict[str, Any], dict[str, tuple[nn.Module, Plan]]]:
     rows: dict[str, Any] = {}
     keep: dict[str, tuple[nn.Module, Plan]] = {}
@@ -176,7 +181,11 @@ def one_shot(
                 permutation_time_budget_s=args.perm_budget,
             )
             secs = time.time() - t0
-            row: dict[str, Any] = {"sites": len(plan.sites), "seconds": round(secs, 1), "kept_magnitude": kept_magnitude(dense, plan)}
+            row: dict[str, Any] = {
+                "sites": len(plan.sites),
+                "seconds": round(secs, 1),
+                "kept_magnitude": kept_magnitude(dense, plan),
+            }
             if perm:
                 measured, exact = permuted_model(model, plan)
                 row["permuted_weights_exact_2_4"] = exact
@@ -184,18 +193,27 @@ def one_shot(
                 with torch.no_grad():
                     diff = (measured(**x).last_hidden_state - model(**x).last_hidden_state).abs().max()
                 row["max_abs_diff_permuted_vs_unpermuted_layout"] = float(diff)
-                befores = [s.extra.get("kept_before") for s in plan.sites.values() if s.extra.get("kept_before") is not None]
-                afters = [s.extra.get("kept_after") for s in plan.sites.values() if s.extra.get("kept_after") is not None]
+                befores = [
+                    s.extra.get("kept_before") for s in plan.sites.values() if s.extra.get("kept_before") is not None
+                ]
+                afters = [
+                    s.extra.get("kept_after") for s in plan.sites.values() if s.extra.get("kept_after") is not None
+                ]
                 if befores:
                     row["search_kept_score_before"] = sum(befores) / len(befores)
                     row["search_kept_score_after"] = sum(afters) / len(afters)
             else:
                 measured = model
-                row["weights_exact_2_4"] = all(check_nm(dict(model.named_parameters())[s].detach(), 2, 4, axis=1).ok for s in plan.sites)
+                row["weights_exact_2_4"] = all(
+                    check_nm(dict(model.named_parameters())[s].detach(), 2, 4, axis=1).ok for s in plan.sites
+                )
             row["mean_cosine"] = mean_cos(embed(measured, tok, eval_sents), eval_emb)
             rows[name] = row
             keep[name] = (model, plan)
-            print(f"  {name:<28} cos {row['mean_cosine']:.4f}  kept|W| {row['kept_magnitude']:.4f}  ({secs:.0f}s)", flush=True)
+            print(
+                f"  {name:<28} cos {row['mean_cosine']:.4f}  kept|W| {row['kept_magnitude']:.4f}  ({secs:.0f}s)",
+                flush=True,
+            )
     return rows, keep
 
 
@@ -254,9 +272,12 @@ def distill(
         layers = len(s.hidden_states) - 1
         hid = sum(hidden_cosine_loss(s.hidden_states[k + 1], t_h[:, k], am) for k in range(layers)) / layers
         if args.mse_weight:  # MSE relative to the teacher's mean square, per layer
-            hid = hid + args.mse_weight * sum(
-                hidden_mse_loss(s.hidden_states[k + 1], t_h[:, k], am) / t_scale[k] for k in range(layers)
-            ) / layers
+            hid = (
+                hid
+                + args.mse_weight
+                * sum(hidden_mse_loss(s.hidden_states[k + 1], t_h[:, k], am) / t_scale[k] for k in range(layers))
+                / layers
+            )
         pooled = 1 - F.cosine_similarity(mean_pool(s.last_hidden_state, am), mean_pool(t_h[:, -1], am), dim=-1).mean()
         return hid + pooled  # type: ignore[return-value]
 
@@ -354,7 +375,9 @@ def main() -> None:
         print(f"distillation from {start_name} (<= {args.distill_minutes} min)", flush=True)
         out["distill"] = distill(dense, model, plan, tok, train_sents, dev_sents, eval_emb, eval_sents, args)
         out["distill"]["start"] = start_name
-        print(f"  after distillation: cos {out['distill']['mean_cosine']:.4f} ({out['distill']['steps']} steps, {out['distill']['seconds']:.0f}s)")
+        print(
+            f"  after distillation: cos {out['distill']['mean_cosine']:.4f} ({out['distill']['steps']} steps, {out['distill']['seconds']:.0f}s)"
+        )
     print(json.dumps(out, indent=2, default=str))
     if args.json:
         with open(args.json, "w") as f:

@@ -65,7 +65,8 @@ def train(
     start_step: int = 0,
 ) -> TrainResult:
     """Train ``model``; stops after ``steps`` optimizer steps (cycling ``batches``) or after ``epochs``
-    passes when ``steps`` is None, or when ``time_limit_s`` has elapsed. Returns the losses."""
+    passes when ``steps`` is None, or at ``time_limit_s``: a step is not started when the previous
+    step's duration says it would end past the limit. Returns the losses."""
     if steps is not None and steps < 0:
         raise ConfigError(f"steps must be >= 0, got {steps!r}")
     if epochs < 1:
@@ -79,7 +80,13 @@ def train(
     _call(callbacks, "on_train_begin", model, optimizer)
     t0 = time.perf_counter()
     step = start_step
+    last_step_s = 0.0
     for batch in source:
+        started = time.perf_counter()
+        # Do not start a step that would end past the time limit (judged by the last step's duration).
+        if time_limit_s is not None and started - t0 + last_step_s > time_limit_s:
+            log.info("time limit %.0fs: stopping after %d steps", time_limit_s, result.steps)
+            break
         _call(callbacks, "on_step_begin", step)
         loss = loss_fn(model, batch)
         for cb in callbacks:
@@ -100,6 +107,7 @@ def train(
         if log_every and result.steps % log_every == 0:
             recent = result.losses[-log_every:]
             log.info("step %d: loss %.4f (%.1fs)", step, sum(recent) / len(recent), time.perf_counter() - t0)
+        last_step_s = time.perf_counter() - started
         if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
             log.info("time limit %.0fs reached after %d steps", time_limit_s, result.steps)
             break

@@ -101,3 +101,19 @@ def test_importing_training_does_not_import_transformers() -> None:
 
     code = "import sys, graphprune.training, graphprune.plan; assert 'transformers' not in sys.modules, 'transformers imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_time_limit_is_not_overrun() -> None:
+    import time
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def slow(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        time.sleep(0.05)
+        return mse(m, b)
+
+    result = train(model, batches(), opt, slow, steps=1000, time_limit_s=0.5)
+    assert 1 <= result.steps <= 10
+    # the step that would cross the limit is not started (a loaded machine may still stretch one step)
+    assert result.seconds <= 0.5 + 0.25

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from graphprune.config import SemiStructured, Unstructured
-from graphprune.errors import InputError, WeightError
+from graphprune.errors import ConfigError, InputError, WeightError
 from graphprune.sparsity.metrics import check_nm
 from graphprune.sparsity.oneshot import (
     HessianAccumulator,
@@ -147,6 +147,18 @@ def test_driver_groups_blocks_and_skips() -> None:
     plan = prune_oneshot(model, [torch.randn(2, 6)], method="wanda", pattern=SemiStructured())
     assert list(plan.sites) == ["1.weight"]
     assert plan.skipped[0]["param"] == "0.weight" and plan.skipped[0]["reason"] == "k_not_divisible"
+    with pytest.raises(ConfigError, match="group_by must be one of"):
+        prune_oneshot(model, [torch.randn(2, 6)], method="wanda", group_by="blocks")  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    ref = Small()
+    results = {}
+    for grouping in ("block", "parent", "layer"):
+        m = Small()
+        m.load_state_dict(ref.state_dict())
+        results[grouping] = prune_oneshot(m, calib(4), method="sparsegpt", group_by=grouping)  # type: ignore[arg-type]
+    # the first layer sees the dense inputs whatever the grouping; later ones differ once earlier groups are pruned
+    assert torch.equal(results["block"].sites["conv.weight"].mask, results["layer"].sites["conv.weight"].mask)
+    assert all(set(r.sites) == set(results["block"].sites) for r in results.values())
     grouped = nn.Sequential(nn.Conv2d(8, 8, 1, groups=2), nn.Flatten(), nn.Linear(8 * 16, 4))
     plan = prune_oneshot(grouped, [torch.randn(2, 8, 4, 4)], method="sparsegpt", allowed_layer_names=["0", "2"])
     assert list(plan.sites) == ["2.weight"]
