@@ -163,7 +163,7 @@ def structured_table(groups: list[dict[str, Any]], max_rows: int | None = None) 
         name = g["name"] if len(g["name"]) <= 44 else "…" + g["name"][-43:]
         units = f"{g['units_before']}->{g['units_after']}"
         chans = f"{g['channels_before']}->{g['channels_after']}"
-        note = (g.get("pattern") or "") if g["pruned"] else f"dense: {g.get('reason') or 'no pattern'} {g.get('message', '')[:80]}"
+        note = (g.get("pattern") or "") if g["pruned"] else f"dense: {' '.join(str(x) for x in (g.get('reason'), g.get('message', '')[:80]) if x)}"
         lines.append(f"{name:<44} {g['kind']:<9} {units:>13} {chans:>15} {len(g['members']):>7}  {note}")
     if max_rows is not None and len(groups) > max_rows:
         lines.append(f"... {len(groups) - max_rows} more groups (see report.json)")

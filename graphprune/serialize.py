@@ -10,7 +10,9 @@ A pruned model is stored as two files in a folder:
 
 :func:`load` rebuilds the pruned architecture from the ORIGINAL constructor (``base``): it replaces
 each listed tensor by an empty one of the new shape (at every tied alias), sets the recorded module
-attributes and config fields, then loads the safetensors strictly. Nothing is unpickled.
+attributes and config fields, swaps in the module classes the delta names (only those in
+:data:`graphprune.modules.CLASSES`, e.g. ``SlimMultiheadAttention`` for an ``nn.MultiheadAttention``
+with heads removed), then loads the safetensors strictly. Nothing is unpickled or imported by name.
 
 HF models also round-trip through ``save_pretrained`` / ``from_pretrained`` where the config can
 express the new sizes (uniform per-layer counts; heads only for configs with an explicit
@@ -29,6 +31,10 @@ import torch
 from torch import nn
 
 from graphprune.errors import InputError, OutputError
+from graphprune.modules import CLASSES
+
+# module attributes that are lists, not tuples (JSON stores both as arrays)
+LIST_ATTRS = frozenset({"kept_heads"})
 
 DELTA_FILE = "delta.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -108,7 +114,18 @@ def apply_delta(model: nn.Module, delta: Mapping[str, Any]) -> nn.Module:
         except AttributeError as e:
             raise InputError(f"the base model has no module {mname!r} named in the delta: wrong base constructor?") from e
         for k, v in attrs.items():
-            setattr(mod, k, tuple(v) if isinstance(v, list) else v)
+            setattr(mod, k, list(v) if k in LIST_ATTRS else tuple(v) if isinstance(v, list) else v)
+    for mname, cls_name in d.get("classes", {}).items():
+        cls = CLASSES.get(cls_name)
+        if cls is None:
+            raise InputError(
+                f"the delta asks for module class {cls_name!r} at {mname!r}, which is not one graphprune installs "
+                f"({sorted(CLASSES)}): the delta was not written by this version of graphprune"
+            )
+        mod = model.get_submodule(mname) if mname else model
+        if not isinstance(mod, cls.__mro__[1]):
+            raise InputError(f"module {mname!r} is a {type(mod).__name__}, not a {cls.__mro__[1].__name__}: wrong base constructor?")
+        mod.__class__ = cls
     cfg = getattr(model, "config", None)
     if cfg is not None:
         for k, v in d.get("config", {}).items():

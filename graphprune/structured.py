@@ -34,6 +34,7 @@ from graphprune.analysis.group_importance import accumulate_activations, accumul
 from graphprune.analysis.groups import ChannelGroup, GroupAnalysis, find_groups
 from graphprune.config import FFN, Channels, Heads
 from graphprune.errors import ConfigError, ValidationError, WeightError
+from graphprune.modules import SlimMultiheadAttention, class_name, slim_multihead_attention
 from graphprune.passes.fx.remove_channels import get_tensor, remove_channels
 from graphprune.passes.fx.remove_heads import update_attention_attrs, update_hf_config
 from graphprune.report import Decision, SkipReason
@@ -350,6 +351,7 @@ def prune_structured(
     rc = remove_channels(model, keep)
     module_attrs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in rc.modules.items()}
     heads_changes: list[tuple[int, int, int, int]] = []
+    classes: dict[str, str] = {}
     for g, ku in chosen:
         if g.kind != "heads" or g.heads is None:
             continue
@@ -365,6 +367,13 @@ def prune_structured(
         changed = update_attention_attrs(
             attn, old_heads=h.num_heads, old_kv=h.num_kv_heads, new_heads=new_h, new_kv=new_kv, head_dim=h.head_dim, name=h.module
         )
+        if isinstance(attn, nn.MultiheadAttention):  # its stock forward cannot run fewer heads: swap the class
+            changed.update(slim_multihead_attention(attn, ku.tolist(), original_num_heads=h.num_heads))
+            classes[h.module] = class_name(SlimMultiheadAttention)
+            result.notes.append(
+                f"{h.module}: nn.MultiheadAttention became graphprune.modules.SlimMultiheadAttention "
+                f"({h.num_heads} -> {new_h} heads); returned attention weights average over the kept heads"
+            )
         if changed:
             module_attrs.setdefault(h.module, {}).update(changed)
         heads_changes.append((h.num_heads, h.num_kv_heads, new_h, new_kv))
@@ -384,6 +393,7 @@ def prune_structured(
         "format": DELTA_FORMAT,
         "tensors": rc.tensors,
         "modules": module_attrs,
+        "classes": classes,
         "config": cfg_changes,
         "groups": [
             {"id": r.id, "kind": r.kind, "name": r.name, "units_before": r.units_before, "units_after": r.units_after}
@@ -442,14 +452,7 @@ def _importance_summary(s: torch.Tensor, kept: torch.Tensor) -> dict[str, float]
 def _blocked_message(model: nn.Module, g: ChannelGroup) -> str:
     parts = [f"{b.reason} (node {b.node}{', ' + b.source if b.source else ''})" for b in g.blockers[:3]]
     more = f" and {len(g.blockers) - 3} more" if len(g.blockers) > 3 else ""
-    msg = f"group {g.name} left dense: " + "; ".join(parts) + more
-    for m in g.members:
-        owner_name = m.target.rpartition(".")[0]
-        with contextlib.suppress(AttributeError):
-            if isinstance(model.get_submodule(owner_name), nn.MultiheadAttention):
-                msg += "; nn.MultiheadAttention ties its head width to embed_dim, so its heads cannot be removed"
-                break
-    return msg
+    return f"group {g.name} left dense: " + "; ".join(parts) + more
 
 
 def _decision(model: nn.Module, g: ChannelGroup, rec: GroupRecord) -> Decision:

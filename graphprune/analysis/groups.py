@@ -14,7 +14,8 @@ Covered (see ``group_rules.RULES``): conv → BN → activation → residual add
 and split with offsets; depthwise conv (input and output channels coupled); flatten → Linear (each
 channel spans H*W features); attention heads (q/k/v rows, o columns; sdpa and eager matmul
 attention; GQA via expand/reshape or ``enable_gqa``: a KV head goes with its query group); FFN
-neurons (up and gate rows, down columns); tied weights (one parameter fqn, all uses coupled).
+neurons (up and gate rows, down columns); tied weights (one parameter fqn, all uses coupled);
+``nn.MultiheadAttention`` heads (stated from the module: see :func:`_multihead_attention`).
 """
 
 from __future__ import annotations
@@ -193,27 +194,68 @@ def find_groups(
             for o in outs:
                 if isinstance(o, torch.fx.Node) and (o.name in user_outputs or not user_outputs):
                     st.block_all(env.get(o), "reaches the model output (its shape must not change)", o)
-    groups = _collect(st)
-    _mark_multihead_attention(model, groups)
+    groups = _multihead_attention(model, _collect(st))
     return GroupAnalysis(groups, n_nodes, dict(unknown))
 
 
-def _mark_multihead_attention(model: nn.Module, groups: list[ChannelGroup]) -> None:
-    """nn.MultiheadAttention's fused in_proj: its heads group is left dense, with a reason that says why."""
-    mha = {name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
-    for g in groups:
-        owners = {m.target.rpartition(".")[0] for m in g.producer_members if m.target.rpartition(".")[2].startswith(("in_proj", "q_proj", "k_proj", "v_proj"))}
-        hit = owners & mha
-        if hit:
-            g.kind = "heads"
-            g.blockers.insert(
-                0,
-                Blocker(
-                    f"nn.MultiheadAttention {sorted(hit)[0]} ties its head width to embed_dim (F.multi_head_attention_forward), "
-                    "so its heads cannot be removed",
-                    g.producers[0].node if g.producers else "",
-                ),
-            )
+def _multihead_attention(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """Heads groups of ``nn.MultiheadAttention`` modules, built from the module itself.
+
+    Inside ``F.multi_head_attention_forward`` the packed in_proj output is unflattened to
+    ``(3, embed_dim)`` and selected, so the label rules lose the heads there. The module's forward is
+    fixed and known, so its group is stated directly: q/k/v rows (``in_proj_weight`` thirds, or
+    ``q/k/v_proj_weight``) and their biases, and ``out_proj`` columns, one unit per head. Groups the
+    rules built from those tensors are replaced. A module whose forward is not the stock one, or that
+    uses ``add_bias_kv`` / ``add_zero_attn``, gets the group with a blocker saying why.
+    """
+    from graphprune.modules import SlimMultiheadAttention, unsupported_reason
+
+    for fqn, m in model.named_modules():
+        if not isinstance(m, nn.MultiheadAttention):
+            continue
+        pre = f"{fqn}." if fqn else ""
+        e, h = int(m.embed_dim), int(m.num_heads)
+        fused = m.in_proj_weight is not None
+        q_rows = [pre + "in_proj_weight"] if fused else [pre + n for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+        own = {(t, 0) for t in q_rows} | {(pre + "in_proj_bias", 0), (pre + "out_proj.weight", 1)}
+        old = [g for g in groups if any((mm.target, mm.axis) in own for mm in g.members)]
+        if not old:
+            continue  # not reached by the traced forward
+        at = min(groups.index(g) for g in old)
+        for g in old:
+            groups.remove(g)
+        members: list[GroupMember] = []
+        for i in range(3):
+            members.append(GroupMember(q_rows[0] if fused else q_rows[i], "parameter", 0, i * e if fused else 0, e, producer=True))
+        if m.in_proj_bias is not None:
+            members += [GroupMember(pre + "in_proj_bias", "parameter", 0, i * e, e) for i in range(3)]
+        members.append(GroupMember(pre + "out_proj.weight", "parameter", 1, 0, e))
+        blockers: list[Blocker] = []
+        node = old[0].producers[0].node if old[0].producers else ""
+        outside = sorted({mm.target for g in old for mm in g.members if (mm.target, mm.axis) not in own})
+        if type(m).forward not in (nn.MultiheadAttention.forward, SlimMultiheadAttention.forward):
+            blockers.append(Blocker(f"{type(m).__name__} {fqn} overrides nn.MultiheadAttention.forward", node))
+        elif reason := unsupported_reason(m):
+            blockers.append(Blocker(f"nn.MultiheadAttention {fqn}: {reason}, so its heads cannot be removed", node))
+        elif outside:
+            blockers.append(Blocker(f"the q/k/v channels of {fqn} are also read by {outside[0]}", node))
+        elif h < 2:
+            blockers.append(Blocker("the group has a single removable unit", node))
+        groups.insert(
+            at,
+            ChannelGroup(
+                id=-1,
+                kind="heads",
+                units=h,
+                members=members,
+                producers=[p for g in old for p in g.producers],
+                blockers=blockers,
+                heads=HeadsInfo(module=fqn, num_heads=h, num_kv_heads=h, head_dim=e // h),
+            ),
+        )
+    for i, g in enumerate(groups):
+        g.id = i
+    return groups
 
 
 def _collect(st: LabelState) -> list[ChannelGroup]:

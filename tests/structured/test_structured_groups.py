@@ -116,9 +116,13 @@ def test_unsliceable_group_names_the_node():
     assert groups["c2"].prunable
 
 
-def test_multihead_attention_left_dense_with_reason():
+def test_multihead_attention_heads_group_from_the_module():
     model, inputs = zoo.build("attention_block")
     groups = find_groups(model, inputs).groups
     mha = [g for g in groups if g.kind == "heads"]
-    assert mha and not mha[0].prunable and "MultiheadAttention" in mha[0].blockers[0].reason
+    assert len(mha) == 1 and mha[0].prunable and mha[0].units == 4 and mha[0].name == "attn"
+    assert mha[0].heads is not None and (mha[0].heads.num_heads, mha[0].heads.head_dim) == (4, 16)
+    spans = {(m.target, m.axis, m.offset, m.size) for m in mha[0].members}
+    assert {("attn.in_proj_weight", 0, o, 64) for o in (0, 64, 128)} <= spans
+    assert ("attn.out_proj.weight", 1, 0, 64) in spans
     assert any(g.prunable and g.name == "ffn.0" for g in groups)
