@@ -10,8 +10,10 @@ parameters arrive as placeholders whose example inputs are the real ``nn.Paramet
 What it does, in order:
 
 1. **Prune** (only with ``options={"pattern": "2:4"}`` or another element-wise pattern string):
-   every weight read only as the weight operand of ``linear`` / ``conv1d/2d/3d`` gets a mask from
-   :func:`graphprune.sparsity.compute_mask` along its K axis (1). With grad mode off at compile
+   every weight :func:`graphprune.analysis.find_sites.find_sites` finds in the Dynamo graph (the
+   same registry ``graphprune.compile`` uses: Linear, Conv, HF Conv1D via ``addmm``, ``x @ W``, ...)
+   and that no other op reads gets a mask from :func:`graphprune.sparsity.compute_mask` along its
+   own reduction axis K. With grad mode off at compile
    time the pruned weight is snapshotted into the graph as a constant (inference; the user's
    parameters are never modified); with grad mode on the graph multiplies the live parameter by a
    constant mask (the masked form: gradients reach the parameter, masked). Weights with K not a
@@ -42,8 +44,10 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import itertools
 import logging
+import operator
 import re
 import threading
 import weakref
@@ -63,7 +67,6 @@ log = logging.getLogger(__name__)
 __all__ = ["REPORTS", "BackendOptions", "BackendReport", "graphprune_backend", "last_report", "register"]
 
 _LINEAR_TARGETS: set[Any] = {torch._C._nn.linear, F.linear}
-_CONV_TARGETS: set[Any] = {torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d}
 _OPTION_KEYS = ("pattern", "accelerate", "inductor", "measure", "csr_threshold", "min_speedup", "fp32_policy")
 
 
@@ -184,15 +187,6 @@ def _weight_arg(node: fx.Node) -> Any:
     return node.kwargs.get("weight")
 
 
-def _set_weight_arg(node: fx.Node, new: fx.Node) -> None:
-    if len(node.args) > 1:
-        args = list(node.args)
-        args[1] = new
-        node.args = tuple(args)
-    else:
-        node.kwargs = {**node.kwargs, "weight": new}
-
-
 def _bias_arg(node: fx.Node) -> Any:
     if len(node.args) > 2:
         return node.args[2]
@@ -238,35 +232,99 @@ def _get_attr(gm: nn.Module, target: str) -> Any:
     return obj
 
 
+def _holder(named: dict[str, Tensor]) -> tuple[nn.Module, dict[str, str]]:
+    """A module owning ``named`` tensors as parameters under their dotted names, so that
+    :func:`~graphprune.analysis.find_sites.find_sites` can read them; returns it and the name each
+    tensor got (``_param{i}`` where the dotted name cannot be a module path)."""
+    root = nn.Module()
+    got: dict[str, str] = {}
+    for i, (name, t) in enumerate(named.items()):
+        p = t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=False)
+        parts = name.split(".")
+        mod: nn.Module | None = root
+        if all(x.isidentifier() for x in parts):
+            for x in parts[:-1]:
+                child = mod._modules.get(x) if mod is not None else None
+                if child is None and mod is not None:
+                    if hasattr(mod, x):
+                        mod = None
+                        break
+                    child = nn.Module()
+                    mod.add_module(x, child)
+                mod = child
+        else:
+            mod = None
+        if mod is None or hasattr(mod, parts[-1]):
+            mod, parts = root, [f"_param{i}"]
+        mod.register_parameter(parts[-1], p)
+        got[name] = ".".join(parts) if mod is not root else parts[-1]
+    return root, got
+
+
+_VIEW_METHODS = {"t", "transpose", "permute", "contiguous", "to", "float", "half", "bfloat16", "detach"}
+
+
+def _non_gemm_users(w_node: fx.Node) -> list[str]:
+    """Ops that read ``w_node`` other than GEMM/conv ops and the view ops leading into them."""
+    from graphprune.analysis.find_sites import _IDENTITY_OPS, _SWAP_OPS, PRUNABLE_OPS
+
+    views = _IDENTITY_OPS | _SWAP_OPS | {torch.t, torch.transpose, torch.permute}
+    out: list[str] = []
+    todo, seen = [w_node], set()
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.op == "call_function" and u.target in PRUNABLE_OPS:
+                continue
+            if (u.op == "call_method" and u.target in _VIEW_METHODS) or (u.op == "call_function" and u.target in views):
+                todo.append(u)
+                continue
+            out.append(str(u.target) if u.op == "call_method" else getattr(u.target, "__name__", str(u.target)))
+    return sorted(set(out))
+
+
 def _prune(gm: fx.GraphModule, values: dict[fx.Node, Tensor], opts: BackendOptions, report: BackendReport) -> None:
+    """Mask every weight :func:`find_sites` finds in the Dynamo graph (Linear, Conv, HF Conv1D via addmm,
+    ``x @ W``, ...) along its own reduction axis K, as ``graphprune.compile`` does."""
+    from graphprune.analysis.find_sites import find_sites
+    from graphprune.capture import Capture
     from graphprune.sparsity import compute_mask, kept_magnitude
 
     pattern = opts.pattern
     if pattern is None:
         return
-    weights: dict[fx.Node, list[fx.Node]] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and (node.target in _LINEAR_TARGETS or node.target in _CONV_TARGETS):
-            w = _weight_arg(node)
-            if isinstance(w, fx.Node) and w in values:
-                weights.setdefault(w, []).append(node)
+    readable = {node: _readable(node) if node.op == "placeholder" else str(node.target) for node in values}
+    holder, held = _holder({readable[n]: values[n] for n in values})
+    node_of = {held[readable[n]]: n for n in values}
+    placeholders = {n.name: held[readable[n]] for n in values if n.op == "placeholder"}
+    scan = find_sites(Capture(method="fx", module=holder, graph=gm.graph, param_of_placeholder=placeholders))
+    by_held = {v: k for k, v in held.items()}
     grad = torch.is_grad_enabled()
-    for w_node, users in weights.items():
-        name = _readable(w_node)
-        others = [u for u in w_node.users if u not in users]
-        if others:
-            ops = sorted({getattr(u.target, "__name__", str(u.target)) for u in others})
-            report.skipped.append({"weight": name, "reason": f"also read by {', '.join(ops)}: pruning only its linear/conv uses would be inconsistent"})
+    for site in scan.sites:
+        w_node, name = node_of.get(site.param), by_held.get(site.param, site.param)
+        if w_node is None:
+            continue
+        others = _non_gemm_users(w_node)
+        if site.ties or others:
+            why = f"also read by {', '.join(others)}" if others else f"the same tensor as {', '.join(site.ties)}"
+            report.skipped.append({"weight": name, "reason": f"{why}: pruning only its GEMM/conv uses would be inconsistent"})
             continue
         w = values[w_node].detach()
         if not w.is_floating_point() or w.dim() < 2:
             report.skipped.append({"weight": name, "reason": f"dtype {w.dtype} / rank {w.dim()} is not a prunable weight"})
             continue
-        if isinstance(pattern, SemiStructured) and w.shape[1] % pattern.m:
-            report.skipped.append({"weight": name, "reason": f"K = {w.shape[1]} is not a multiple of M = {pattern.m} (k_not_divisible)"})
+        if isinstance(pattern, SemiStructured) and site.k % pattern.m:
+            report.skipped.append(
+                {"weight": name, "reason": f"K = {site.k} (axis {site.k_axis}) is not a multiple of M = {pattern.m} (k_not_divisible)"}
+            )
             continue
-        mask = compute_mask(w, pattern, axis=1)
-        report.pruned.append({"weight": name, "pattern": str(pattern), "kept_magnitude": kept_magnitude(w, mask)})
+        mask = compute_mask(w, pattern, axis=site.k_axis)
+        report.pruned.append(
+            {"weight": name, "op": site.op, "k_axis": site.k_axis, "pattern": str(pattern), "kept_magnitude": kept_magnitude(w, mask)}
+        )
         if grad:  # masked form: live parameter x constant mask, gradients reach the parameter
             attr = _unique_attr(gm, "mask")
             gm.register_buffer(attr, mask.to(w.dtype))
@@ -281,8 +339,8 @@ def _prune(gm: fx.GraphModule, values: dict[fx.Node, Tensor], opts: BackendOptio
                 new = gm.graph.get_attr(attr)
             values[new] = getattr(gm, attr)
         new.meta["graphprune"] = {"pass": "backend-prune"}
-        for u in users:
-            _set_weight_arg(u, new)
+        keep_self: Callable[[fx.Node], bool] = functools.partial(operator.is_not, new)
+        w_node.replace_all_uses_with(new, delete_user_cb=keep_self)
 
 
 def _accelerate(

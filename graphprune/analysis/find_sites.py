@@ -194,8 +194,14 @@ def _resolve_weight(
     return None
 
 
-def _rank(node: fx.Node) -> int | None:
+def _val(node: fx.Node) -> Any:
+    """The node's example value: ``val`` (torch.export) or ``example_value`` (Dynamo graphs)."""
     val = node.meta.get("val")
+    return val if val is not None else node.meta.get("example_value")
+
+
+def _rank(node: fx.Node) -> int | None:
+    val = _val(node)
     if isinstance(val, torch.Tensor):
         return val.dim()
     tm = node.meta.get("tensor_meta")
@@ -205,7 +211,7 @@ def _rank(node: fx.Node) -> int | None:
 
 
 def _out_numel(node: fx.Node) -> int:
-    val = node.meta.get("val")
+    val = _val(node)
     if isinstance(val, torch.Tensor):
         try:
             return int(val.numel())

@@ -171,6 +171,8 @@ class ASP:
             ``SemiStructured`` / ``Unstructured`` config, or ``fn(weight, k_axis) -> bool mask``.
         whitelist, allowed_layer_names, disallowed_layer_names, custom_layer_dict: see
             :func:`find_prunable_sites`.
+        example_inputs: find the weights in the captured graph instead of by module type, as
+            ``graphprune.compile`` does (functional ``x @ W`` weights too, with their own K axis).
         allow_recompute_mask: keep the pruned values (on CPU) so that masks can be recomputed from
             the dense weights and :meth:`restore_pruned_weights` can undo pruning.
         allow_permutation: search a permutation of each weight's K axis (``search_permutation``)
@@ -189,6 +191,7 @@ class ASP:
         allowed_layer_names: Sequence[str] | None = None,
         disallowed_layer_names: Sequence[str] = (),
         custom_layer_dict: Mapping[type, int] | None = None,
+        example_inputs: Any = None,
         allow_recompute_mask: bool = False,
         allow_permutation: bool = False,
         permutation_time_budget_s: float = 1.0,
@@ -213,6 +216,7 @@ class ASP:
             allowed_layer_names=allowed_layer_names,
             disallowed_layer_names=disallowed_layer_names,
             custom_layer_dict=custom_layer_dict,
+            example_inputs=example_inputs,
         )
         self.sites: list[_MaskedSite] = []
         for e in entries:  # check every site before touching any

@@ -1,10 +1,12 @@
-"""Finding the weights to prune by walking modules (the training side's site finder).
+"""Finding the weights to prune (the training side's site finder).
 
 :func:`find_prunable_sites` is the one place that decides which weights the training APIs prune:
 ASP, gradual, movement and one-shot pruning all take their sites from it (or from an explicit list
-of :class:`SiteEntry`). It walks ``model.named_modules()`` with a whitelist of module types and
-allowed / disallowed fqn patterns, ASP style; it can be swapped for the graph-based finder of
-``graphprune.analysis`` by producing the same ``SiteEntry`` records.
+of :class:`SiteEntry`). Without example inputs it walks ``model.named_modules()`` with a whitelist
+of module types and allowed / disallowed fqn patterns, ASP style. With ``example_inputs`` it uses
+the compiler's graph finder instead (:func:`find_sites_in_graph`: ``torch.export``, then
+``torch.fx``, read by :func:`graphprune.analysis.find_sites.find_sites`), so weights read by
+functional ``x @ W`` / ``F.linear`` calls are found too, each with the K axis its op implies.
 
 The reduction axis K (what N:M groups run along): Linear ``[out, in]`` and Conv ``[out, in/g, *k]``:
 axis 1; transformers ``Conv1D`` ``[in, out]`` and ConvTranspose ``[in, out/g, *k]``: axis 0.
@@ -13,6 +15,7 @@ axis 1; transformers ``Conv1D`` ``[in, out]`` and ConvTranspose ``[in, out/g, *k
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +26,9 @@ from torch import nn
 
 from graphprune.errors import ConfigError
 
-__all__ = ["DEFAULT_WHITELIST", "HF_CONV1D", "SiteEntry", "find_prunable_sites", "module_k_axis", "unwrap"]
+__all__ = ["DEFAULT_WHITELIST", "HF_CONV1D", "SiteEntry", "find_prunable_sites", "find_sites_in_graph", "module_k_axis", "unwrap"]
+
+log = logging.getLogger(__name__)
 
 HF_CONV1D = "transformers.Conv1D"  # whitelist entry for transformers.pytorch_utils.Conv1D (no import needed)
 DEFAULT_WHITELIST: tuple[Any, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, HF_CONV1D)
@@ -104,6 +109,7 @@ def find_prunable_sites(
     allowed_layer_names: Sequence[str] | None = None,
     disallowed_layer_names: Sequence[str] = (),
     custom_layer_dict: Mapping[type, int] | None = None,
+    example_inputs: Any = None,
 ) -> list[SiteEntry]:
     """Walk ``model``'s modules and return the weights to prune, in module order.
 
@@ -111,8 +117,15 @@ def find_prunable_sites(
     ``"transformers.Conv1D"``) or in ``custom_layer_dict`` ({type: k_axis}), its fqn matches
     ``allowed_layer_names`` (exact names or fnmatch globs; None = all) and matches no
     ``disallowed_layer_names``. Raises ConfigError when nothing matches, listing what the model has.
+
+    ``example_inputs`` (a tensor or tuple): find the sites in the captured graph instead
+    (:func:`find_sites_in_graph`); ``whitelist`` and ``custom_layer_dict`` are then not used.
     """
     model = unwrap(model)
+    if example_inputs is not None:
+        return find_sites_in_graph(
+            model, example_inputs, allowed_layer_names=allowed_layer_names, disallowed_layer_names=disallowed_layer_names
+        )
     whitelist = tuple(whitelist) + tuple(custom_layer_dict or ())
     if not whitelist:
         raise ConfigError("whitelist is empty; give module types such as torch.nn.Linear")
@@ -151,5 +164,54 @@ def find_prunable_sites(
             )
         raise ConfigError(
             f"no layer of {type(model).__name__} matches the whitelist ({wl}){extra}. The model has: {have}"
+        )
+    return out
+
+
+def find_sites_in_graph(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    allowed_layer_names: Sequence[str] | None = None,
+    disallowed_layer_names: Sequence[str] = (),
+) -> list[SiteEntry]:
+    """The sites ``graphprune.compile`` would find, as :class:`SiteEntry` records (graph order).
+
+    The model is captured in eval mode (its modes are restored) with ``torch.export`` and then
+    ``torch.fx``; every weight a Linear / Conv / ConvTranspose / HF Conv1D / matmul op reads is a
+    site, with K from that op (``x @ W``: axis 0). Name filters match the owning module's fqn or
+    the parameter's. Weights that are tied or also read by another op are left out and logged.
+    """
+    from graphprune.analysis.find_sites import find_sites
+    from graphprune.capture import capture
+
+    model = unwrap(model)
+    if isinstance(allowed_layer_names, str) or isinstance(disallowed_layer_names, str):
+        raise ConfigError("allowed_layer_names / disallowed_layer_names must be lists of names, not one string")
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        scan = find_sites(capture(model, inputs, methods=("export", "fx")))
+    finally:
+        for m, t in modes.items():
+            m.training = t
+    out: list[SiteEntry] = []
+    for site in scan.sites:
+        names = (site.module, site.param)
+        if allowed_layer_names is not None and not any(_name_matches(n, allowed_layer_names) for n in names):
+            continue
+        if any(_name_matches(n, disallowed_layer_names) for n in names):
+            continue
+        if site.ties or site.extra.get("other_uses"):
+            shared = ", ".join(site.ties) if site.ties else f"also read by {site.extra['other_uses']}"
+            log.info("graph sites: %s left dense (shares its weight: %s)", site.param, shared)
+            continue
+        module = model.get_submodule(site.module) if site.module else model
+        out.append(SiteEntry(name=site.module, module=module, param_name=site.param.rpartition(".")[2], k_axis=site.k_axis))
+    if not out:
+        raise ConfigError(
+            f"no prunable weight of {type(model).__name__} was found in its captured graph "
+            f"(allowed_layer_names={allowed_layer_names}, disallowed_layer_names={list(disallowed_layer_names)})"
         )
     return out

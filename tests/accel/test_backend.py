@@ -52,12 +52,7 @@ def test_default_equals_eager(name):
     assert all(f["chosen"] == "dense" for f in rep.forms)  # dense zoo weights: nothing to accelerate
 
 
-# The backend's own pruning reads Linear/Conv weights only; HF Conv1D (addmm) and functional
-# matmuls with a parameter operand are not pruned there yet (graphprune.compile prunes them).
-PRUNABLE_BY_BACKEND = [n for n in ZOO if n not in ("functional_matmul", "hf_gpt2")]
-
-
-@pytest.mark.parametrize("name", PRUNABLE_BY_BACKEND)
+@pytest.mark.parametrize("name", ZOO)
 def test_pattern_prunes_first(name):
     model, inputs = build(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -67,18 +62,22 @@ def test_pattern_prunes_first(name):
     for k, v in model.state_dict().items():  # the user's weights are untouched
         assert torch.equal(v, before[k]), k
     reference = copy.deepcopy(model)
-    pruned = {p["weight"] for p in rep.pruned}
+    pruned = {p["weight"]: p["k_axis"] for p in rep.pruned}
     with torch.no_grad():
         for pname, p in reference.named_parameters():
-            if pname in pruned:
-                p.mul_(nm_mask(p, 2, 4, axis=1))
+            if pname in pruned:  # independent reference: the library mask along the axis the report names
+                p.mul_(nm_mask(p, 2, 4, axis=pruned[pname]))
         ref = reference(*inputs)
     assert compare_outputs(ref, out).ok
+    assert set(pruned) <= {n for n, _ in model.named_parameters()}, "report names must be the model's own"
     assert all(0.5 < p["kept_magnitude"] <= 1.0 for p in rep.pruned)
     if name in ("conv_bn", "residual_cnn"):  # the stem conv reads 3 input channels
         assert any("not a multiple of M = 4" in s["reason"] for s in rep.skipped)
-    if name == "attention_block":  # MHA weights go through multi_head_attention_forward
-        assert "attn" not in " ".join(pruned)
+    if name == "hf_gpt2":  # HF Conv1D: weight [in, out] read by addmm, K is axis 0
+        conv1d = {n: k for n, k in pruned.items() if n.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))}
+        assert conv1d and set(conv1d.values()) == {0}
+    if name == "functional_matmul":  # x @ W with W [K, N]: K is axis 0
+        assert pruned.get("weight") == 0
 
 
 def _sparse_mlp():

@@ -153,6 +153,37 @@ def test_sites_and_k_axes_on_conv_and_hf_conv1d() -> None:
     assert check_nm(model[1].weight, 2, 4, axis=0).ok  # Conv1D weight is [in, out]: K = axis 0
 
 
+def test_graph_sites_cover_functional_matmuls_with_their_k_axis() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.w_in = nn.Parameter(torch.randn(16, 32))  # x @ w_in: [K, N], K = axis 0
+            self.bn = nn.BatchNorm1d(32)
+            self.proj = nn.Linear(32, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(torch.relu(self.bn(x @ self.w_in)))
+
+    model = Functional().train()
+    x = torch.randn(4, 16)
+    assert [s.fqn for s in find_prunable_sites(model)] == ["proj.weight"]  # the module walk misses w_in
+    stats = model.bn.running_mean.clone()
+    asp = ASP(model, example_inputs=(x,))
+    assert model.training and torch.equal(model.bn.running_mean, stats)  # capture left modes and statistics alone
+    assert [(s.fqn, s.entry.k_axis) for s in asp.sites] == [("w_in", 0), ("proj.weight", 1)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    asp.init_optimizer_for_pruning(opt)
+    asp.compute_sparse_masks()
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    assert check_nm(model.w_in, 2, 4, axis=0).ok and not check_nm(model.w_in, 2, 4, axis=1).ok
+    assert check_nm(model.proj.weight, 2, 4, axis=1).ok
+    assert [s.fqn for s in ASP(Functional(), example_inputs=x, disallowed_layer_names=["w_in"]).sites] == ["proj.weight"]
+
+
 def test_k_not_divisible_is_left_dense_and_reported() -> None:
     model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
     asp = ASP(model)
