@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune
 from graphprune import CompileConfig, SemiStructured
+from graphprune.bench import cpu_model
 from models import zoo
 
 STAGES = ("copy", "capture", "find_sites", "masks", "rewrite", "export", "audit", "parity", "save")
@@ -33,16 +34,6 @@ def _build(name: str):
     if name == "minilm":
         return zoo.minilm(seq_len=128)
     return zoo.build(name)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -68,7 +59,7 @@ def main() -> None:
         results[name] = {"median_seconds": med, "runs": len(runs), "pruned_sites": t["pruned_sites"], "sites": t["sites"],
                          "params": t["params"], "capture": res.report.capture["method"]}
     env = {
-        "cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
     }
     try:

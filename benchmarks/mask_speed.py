@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from graphprune.bench import cpu_model  # noqa: E402
 from graphprune.sparsity._common import magnitude  # noqa: E402
 from graphprune.sparsity.semi_structured import nm_mask  # noqa: E402
 from graphprune.sparsity.unstructured import unstructured_mask  # noqa: E402
@@ -113,15 +113,7 @@ def time_all(fn: Callable[[Tensor], object], weights: list[Tensor], reps: int) -
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from graphprune.bench import cpu_model  # noqa: E402
 from graphprune.config import FFN, Channels, Heads  # noqa: E402
 from graphprune.structured import prune_structured  # noqa: E402
 
@@ -243,15 +244,7 @@ def bench_model(name: str, *, rounds: int, workdir: Path, with_tp: bool, cpu_rou
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -133,7 +133,8 @@ class BenchReport:
 
 
 # ---- environment -------------------------------------------------------------------------------------
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform`` elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -145,7 +146,7 @@ def _cpu_model() -> str:
 
 def machine_info(threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "machine": _cpu_model(),
+        "machine": cpu_model(),
         "cores": _cores(),
         "threads": threads,
         "torch": torch.__version__,
