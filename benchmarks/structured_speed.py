@@ -7,6 +7,9 @@ Models (random weights, reference sizes from ``models.zoo``):
 - ``bert_base``: BertConfig() defaults, sequence length 128, ``Heads(ratio=0.5) + FFN(ratio=0.5)``;
 - ``resnet50_inner`` (optional): ResNet-50 at ``Channels(ratio=0.5)`` with the residual streams left
   dense (``exclude`` globs over the shortcut and stem convs): only the channels inside each bottleneck go.
+- ``llama_lm`` (optional): a Llama-style causal LM from ``LlamaConfig`` (hidden 768, 12 layers, 12 query
+  heads / 4 KV heads, SwiGLU 2048, vocabulary 32000, LM head tied to the embedding; random weights),
+  sequence length 128, ``Hidden(0.25) + Heads(0.25) + FFN(0.25)``: the RMSNorm residual stream shrinks too.
 
 Method (benchmarks/BENCHMARKING.md): each variant is exported to ONNX once with a dynamic batch axis
 and timed at batch 1 and batch 8 in onnxruntime's CPUExecutionProvider with
@@ -45,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from graphprune.bench import cpu_model  # noqa: E402
-from graphprune.config import FFN, Channels, Heads  # noqa: E402
+from graphprune.config import FFN, Channels, Heads, Hidden  # noqa: E402
 from graphprune.structured import prune_structured  # noqa: E402
 
 log = logging.getLogger("structured_speed")
@@ -57,9 +60,26 @@ log = logging.getLogger("structured_speed")
 EXCLUDE = {"resnet50_inner": ["*shortcut*", "*embedder*"]}
 
 
+LLAMA_VOCAB = 32000
+
+
+def _llama_lm() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=LLAMA_VOCAB, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True,
+        use_cache=False,
+    )
+    return LlamaForCausalLM(config)
+
+
 def build(name: str) -> tuple[torch.nn.Module, Any]:
     from models import zoo
 
+    if name == "llama_lm":
+        return _llama_lm().eval(), None
     model, _ = zoo.build("resnet50" if name.startswith("resnet50") else name)
     return model.eval(), None
 
@@ -68,12 +88,16 @@ def inputs_for(name: str, batch: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
     if name.startswith("resnet50"):
         return (torch.randn(batch, 3, 224, 224, generator=gen),)
-    ids = torch.randint(0, 30522, (batch, 128), generator=gen)
+    ids = torch.randint(0, LLAMA_VOCAB if name == "llama_lm" else 30522, (batch, 128), generator=gen)
     return ids, torch.ones(batch, 128, dtype=torch.long)
 
 
 def patterns_for(name: str) -> list[Any]:
-    return [Channels(ratio=0.5)] if name.startswith("resnet50") else [Heads(ratio=0.5), FFN(ratio=0.5)]
+    if name.startswith("resnet50"):
+        return [Channels(ratio=0.5)]
+    if name == "llama_lm":
+        return [Hidden(ratio=0.25), Heads(ratio=0.25), FFN(ratio=0.25)]
+    return [Heads(ratio=0.5), FFN(ratio=0.5)]
 
 
 def flops(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
@@ -212,7 +236,7 @@ def bench_model(name: str, *, rounds: int, workdir: Path, with_tp: bool, cpu_rou
         fl = {k: flops(m, inputs) for k, m in variants.items()}
         # short blocks, many rounds: dense and pruned sample the same machine load
         runs = 10 if batch == 1 else 3
-        if name == "bert_base" and batch == 8:
+        if name in ("bert_base", "llama_lm") and batch == 8:
             runs = 2
         times = time_alternating(paths, inputs, rounds=rounds, runs=runs)
         cpu = time_alternating(paths, inputs, rounds=cpu_rounds, runs=runs, cpu_time=True) if cpu_rounds else None
@@ -292,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- versions: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, python {platform.python_version()}",
         "- onnxruntime CPUExecutionProvider, intra_op_num_threads=2, inter_op_num_threads=1, ORT_ENABLE_ALL; "
         f"one session alive at a time; {args.rounds} alternating blocks per variant (3 warm-up runs, then 10 timed "
-        "calls at batch 1, 3 at batch 8, 2 for BERT at batch 8)",
+        "calls at batch 1, 3 at batch 8, 2 for BERT and llama_lm at batch 8)",
         "- ratios are shrunk / dense (ratio of medians for latency); FLOPs from torch FlopCounterMode on the same inputs",
         "- CPU-time ratio (where given): median process CPU seconds per call, onnxruntime thread spinning off, "
         f"{args.cpu_rounds} more alternating rounds: far less disturbed by other processes than wall-clock time",

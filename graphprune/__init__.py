@@ -9,7 +9,7 @@ reports every layer's decision. Heavy optional dependencies are imported lazily.
 from __future__ import annotations
 
 from graphprune.api import CompileResult, compile
-from graphprune.config import FFN, Channels, CompileConfig, Heads, SemiStructured, Unstructured, parse_pattern
+from graphprune.config import FFN, Channels, CompileConfig, Heads, Hidden, SemiStructured, Unstructured, parse_pattern
 from graphprune.errors import (
     ConfigError,
     DependencyError,
@@ -37,6 +37,7 @@ __all__ = [
     "DependencyError",
     "GraphPruneError",
     "Heads",
+    "Hidden",
     "InputError",
     "OutputError",
     "PassError",

@@ -28,7 +28,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("model", help="a .pt2, TorchScript or .onnx file, or package.module:callable")
-        sp.add_argument("--pattern", default=None, help="2:4 (default), 4:8, unstructured:0.8, channels:0.5, heads:0.25,ffn:0.5")
+        sp.add_argument("--pattern", default=None, help="2:4 (default), 4:8, unstructured:0.8, channels:0.5, heads:0.25,ffn:0.5, hidden:0.25 (RMSNorm streams)")
         sp.add_argument("--input-shape", action="append", default=[], metavar="SHAPE[:DTYPE[:HIGH]]",
                         help="example input shape, once per input, e.g. 1,3,224,224 or 2x16:int64:30522")
         sp.add_argument("--include", action="append", default=[], metavar="GLOB", help="only layers whose fqn matches")

@@ -11,9 +11,10 @@ Patterns
 ``Channels(ratio=0.5)``             structured: remove output channels / features (physically).
 ``Heads(ratio=0.25)``               structured: remove attention heads (GQA-aware).
 ``FFN(ratio=0.5)``                  structured: remove FFN neurons.
+``Hidden(ratio=0.25)``              structured: remove hidden-size channels of an RMSNorm residual stream.
 
 Pattern strings (CLI ``--pattern``): ``2:4``, ``4:8``, ``unstructured:0.8``, ``channels:0.5``,
-``heads:0.25,ffn:0.5``; structured and N:M may be combined (``heads:0.25,2:4``).
+``heads:0.25,ffn:0.5``, ``hidden:0.25``; structured and N:M may be combined (``heads:0.25,2:4``).
 """
 
 from __future__ import annotations
@@ -159,15 +160,40 @@ class FFN:
         return f"ffn:{self.ratio:g}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Hidden:
+    """Structured: remove ``ratio`` of the hidden size, the channels of the residual stream, where
+    RMSNorm normalizes it (Llama-style). Every producer row (embedding columns, o_proj / down_proj
+    rows), every reader column (q/k/v, gate/up, lm_head) and the norm weights go together; each
+    RMSNorm's weight is scaled by sqrt(n / n_kept) and its eps by n / n_kept, so the shrunk model
+    computes exactly what the masked one does. LayerNorm streams (their mean changes) and streams that
+    reach the model output stay dense, with the reason in the report."""
+
+    ratio: float
+    importance: Literal["l1", "l2", "taylor"] = "l1"
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        _check_ratio("ratio", self.ratio, owner="Hidden")
+        _check_choice("importance", self.importance, ("l1", "l2", "taylor"), owner="Hidden")
+        if self.round_to < 1:
+            raise ConfigError(f"Hidden.round_to must be >= 1, got {self.round_to!r}")
+
+    def __str__(self) -> str:
+        return f"hidden:{self.ratio:g}"
+
+
 ElementPattern = Union[Unstructured, SemiStructured]
-StructuredPattern = Union[Channels, Heads, FFN]
-Pattern = Union[Unstructured, SemiStructured, Channels, Heads, FFN]
+StructuredPattern = Union[Channels, Heads, FFN, Hidden]
+STRUCTURED_TYPES = (Channels, Heads, FFN, Hidden)
+Pattern = Union[Unstructured, SemiStructured, Channels, Heads, FFN, Hidden]
 PATTERN_TYPES: dict[str, type] = {
     "Unstructured": Unstructured,
     "SemiStructured": SemiStructured,
     "Channels": Channels,
     "Heads": Heads,
     "FFN": FFN,
+    "Hidden": Hidden,
 }
 
 FormT = Literal["masked", "folded"]
@@ -220,7 +246,7 @@ class CompileConfig:
                 f"CompileConfig.pattern has {len(element)} element-wise patterns ({', '.join(map(str, element))}); "
                 "give at most one of unstructured or N:M"
             )
-        for kind in (Channels, Heads, FFN):
+        for kind in STRUCTURED_TYPES:
             if sum(isinstance(p, kind) for p in self.pattern) > 1:
                 raise ConfigError(f"CompileConfig.pattern names {kind.__name__} twice")
         for name in ("include", "exclude", "op_types"):
@@ -251,7 +277,7 @@ class CompileConfig:
 
     @property
     def structured_patterns(self) -> tuple[StructuredPattern, ...]:
-        return tuple(p for p in self.pattern if isinstance(p, (Channels, Heads, FFN)))
+        return tuple(p for p in self.pattern if isinstance(p, STRUCTURED_TYPES))
 
     def selects(self, *names: str) -> bool:
         """True where the include/exclude globs make a site a candidate.
@@ -350,7 +376,7 @@ def pattern_from_dict(d: Mapping[str, Any]) -> Pattern:
 
 _PATTERN_HELP = (
     "use N:M (e.g. 2:4, 4:8), unstructured:S with S in [0, 1) (e.g. unstructured:0.8), "
-    "channels:R, heads:R, ffn:R, or a comma-separated combination such as heads:0.25,ffn:0.5"
+    "channels:R, heads:R, ffn:R, hidden:R, or a comma-separated combination such as heads:0.25,ffn:0.5"
 )
 
 
@@ -391,11 +417,11 @@ def parse_pattern(text: str) -> tuple[Pattern, ...]:
                     f"pattern {part!r}: unstructured sparsity must be in [0, 1) (the fraction of zeros), got {sp:g}"
                 )
             out.append(Unstructured(sparsity=sp, scope=(scope or "layer")))  # type: ignore[arg-type]
-        elif key in ("channels", "heads", "ffn"):
+        elif key in ("channels", "heads", "ffn", "hidden"):
             r = _parse_float(rest, part)
             if not (0 <= r < 1):
                 raise ConfigError(f"pattern {part!r}: ratio must be in [0, 1) (the fraction removed), got {r:g}")
-            cls = {"channels": Channels, "heads": Heads, "ffn": FFN}[key]
+            cls = {"channels": Channels, "heads": Heads, "ffn": FFN, "hidden": Hidden}[key]
             out.append(cls(ratio=r))
         else:
             raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")

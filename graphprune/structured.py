@@ -1,15 +1,19 @@
-"""Structured pruning that physically shrinks a model: channels, attention heads (GQA too), FFN neurons.
+"""Structured pruning that physically shrinks a model: channels, attention heads (GQA too), FFN neurons,
+the hidden size of RMSNorm residual streams.
 
 Entry point :func:`prune_structured` (called by ``graphprune.compile`` on its working copy):
 
 1. capture with ``torch.export.export(strict=False)`` and find the coupled groups
    (:mod:`graphprune.analysis.groups`), read-only;
 2. match groups to patterns: ``Heads`` → attention-head groups, ``FFN`` → groups whose channels only
-   Linear-like ops produce and read, ``Channels`` → every other group (and the FFN groups too when no
+   Linear-like ops produce and read, ``Hidden`` → residual streams (a normalized hidden size; only
+   this pattern touches them), ``Channels`` → every other group (and the FFN groups too when no
    ``FFN`` pattern is given); groups that cannot be sliced stay dense with a Decision naming the node;
 3. score units (:mod:`graphprune.sparsity.structured`) and choose the ones to keep;
 4. rewrite the eager module: slice tensors and resize modules (``passes/fx/remove_channels``),
-   update attention attributes and the HF config (``passes/fx/remove_heads``);
+   update attention attributes and the HF config (``passes/fx/remove_heads``), swap in
+   ``SlimMultiheadAttention`` for ``nn.MultiheadAttention`` with heads removed (``graphprune.modules``),
+   rescale RMSNorms of a pruned stream so they stay exact (``passes/fx/rescale_norms``);
 5. check: the shrunk model's outputs equal those of the *masked equivalent* (the dense model with the
    removed channels' weights zeroed) on the example inputs; a mismatch (e.g. a head count the forward
    hard-codes, which capture folded into a constant) raises ValidationError naming the reshape nodes.
@@ -32,18 +36,19 @@ from torch import nn
 
 from graphprune.analysis.group_importance import accumulate_activations, accumulate_taylor, batches, group_importance
 from graphprune.analysis.groups import ChannelGroup, GroupAnalysis, find_groups
-from graphprune.config import FFN, Channels, Heads
+from graphprune.config import FFN, STRUCTURED_TYPES, Channels, Heads, Hidden
 from graphprune.errors import ConfigError, ValidationError, WeightError
 from graphprune.modules import SlimMultiheadAttention, class_name, slim_multihead_attention
 from graphprune.passes.fx.remove_channels import get_tensor, remove_channels
 from graphprune.passes.fx.remove_heads import update_attention_attrs, update_hf_config
+from graphprune.passes.fx.rescale_norms import rescale_rms_norm
 from graphprune.report import Decision, SkipReason
 from graphprune.serialize import DELTA_FORMAT
 from graphprune.sparsity import structured as S
 
 log = logging.getLogger(__name__)
 
-StructuredPattern = Channels | Heads | FFN
+StructuredPattern = Channels | Heads | FFN | Hidden
 
 
 @dataclass
@@ -101,20 +106,21 @@ class StructuredResult:
 
 
 # ---- validation ------------------------------------------------------------------------------------
-def _validate_patterns(patterns: Sequence[Any]) -> tuple[Channels | None, Heads | None, FFN | None]:
-    if isinstance(patterns, (Channels, Heads, FFN)):
+def _validate_patterns(patterns: Sequence[Any]) -> dict[type, Any]:
+    """{pattern class: pattern} after the checks."""
+    if isinstance(patterns, STRUCTURED_TYPES):
         patterns = (patterns,)
     found: dict[type, Any] = {}
     for p in patterns:
-        if not isinstance(p, (Channels, Heads, FFN)):
-            raise ConfigError(f"structured patterns must be Channels, Heads or FFN objects, got {p!r}")
+        if not isinstance(p, STRUCTURED_TYPES):
+            raise ConfigError(f"structured patterns must be Channels, Heads, FFN or Hidden objects, got {p!r}")
         ratio = p.ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0 <= ratio < 1:
             raise ConfigError(f"{type(p).__name__}.ratio must be in [0, 1) (the fraction removed), got {ratio!r}")
         if type(p) in found:
             raise ConfigError(f"structured patterns name {type(p).__name__} twice")
         found[type(p)] = p
-    return found.get(Channels), found.get(Heads), found.get(FFN)
+    return found
 
 
 def _matches(name: str, globs: Sequence[str]) -> bool:
@@ -132,12 +138,16 @@ def _selected(group: ChannelGroup, include: Sequence[str], exclude: Sequence[str
 
 
 # ---- planning ---------------------------------------------------------------------------------------
-def _pattern_for(g: ChannelGroup, ch: Channels | None, hd: Heads | None, ff: FFN | None) -> StructuredPattern | None:
+def _pattern_for(g: ChannelGroup, pats: dict[type, Any]) -> StructuredPattern | None:
+    """Heads -> attention groups; FFN (else Channels) -> FFN groups; Hidden -> RMSNorm residual streams
+    (only when asked for by name); Channels -> every other group."""
     if g.kind == "heads":
-        return hd
+        return pats.get(Heads)
+    if g.kind == "hidden":
+        return pats.get(Hidden)
     if g.kind == "ffn":
-        return ff if ff is not None else ch
-    return ch
+        return pats.get(FFN, pats.get(Channels))
+    return pats.get(Channels)
 
 
 def group_key(g: ChannelGroup) -> str:
@@ -236,7 +246,7 @@ def prune_structured(
 ) -> StructuredResult:
     """Physically remove channels / heads / FFN neurons of ``model`` IN PLACE and return what was done.
 
-    ``patterns``: ``Channels``, ``Heads`` and/or ``FFN`` (at most one of each); ``ratio`` is the
+    ``patterns``: ``Channels``, ``Heads``, ``FFN`` and/or ``Hidden`` (at most one of each); ``ratio`` is the
     fraction of each group's units to remove, in [0, 1). ``include`` / ``exclude``: fnmatch globs
     over module fqns (a group counts when one of its producing modules matches). ``calibration``:
     batches (tuples of positional inputs) for ``taylor`` and ``activation`` importance; the example
@@ -248,7 +258,8 @@ def prune_structured(
     UnsupportedModelError (no graph), ValidationError (the shrunk model does not compute what the
     masked model computes).
     """
-    ch, hd, ff = _validate_patterns(patterns if isinstance(patterns, (list, tuple)) else (patterns,))  # type: ignore[arg-type]
+    pats = _validate_patterns(patterns if isinstance(patterns, (list, tuple)) else (patterns,))  # type: ignore[arg-type]
+    ch: Channels | None = pats.get(Channels)
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
     params_before = _count_params(model)
     analysis = analysis if analysis is not None else find_groups(model, example_inputs)
@@ -257,7 +268,7 @@ def prune_structured(
     candidates: list[tuple[ChannelGroup, StructuredPattern]] = []
 
     for g in analysis.groups:
-        pat = _pattern_for(g, ch, hd, ff)
+        pat = _pattern_for(g, pats)
         rec = GroupRecord(
             id=g.id,
             kind=g.kind,
@@ -378,6 +389,15 @@ def prune_structured(
             module_attrs.setdefault(h.module, {}).update(changed)
         heads_changes.append((h.num_heads, h.num_kv_heads, new_h, new_kv))
         records[g.id].heads = {**(records[g.id].heads or {}), "num_heads_after": new_h, "num_kv_heads_after": new_kv}
+    hidden_changes: list[tuple[int, int]] = []
+    for g, ku in chosen:
+        if g.kind != "hidden":
+            continue
+        n, n_kept = g.channels, g.channels // g.units * int(ku.numel())
+        for fqn in g.norms:
+            changed = rescale_rms_norm(model.get_submodule(fqn) if fqn else model, n, n_kept, name=fqn)
+            module_attrs.setdefault(fqn, {}).update(changed)
+        hidden_changes.append((n, n_kept))
     ffn_changes = [(g.channels, g.channels // g.units * int(ku.numel())) for g, ku in chosen if g.kind == "ffn"]
     n_attn = sum(1 for g in analysis.groups if g.kind == "heads")
     n_ffn = sum(1 for g in analysis.groups if g.kind == "ffn" and g.prunable)
@@ -387,6 +407,7 @@ def prune_structured(
         ffn=ffn_changes,
         all_attention_pruned=len(heads_changes) == n_attn,
         all_ffn_pruned=len(ffn_changes) == n_ffn,
+        hidden=hidden_changes,
     )
     result.notes.extend(cfg_notes)
     result.delta = {

@@ -45,6 +45,7 @@ __all__ = [
     "hf_gpt2",
     "hf_gpt2_lm",
     "hf_llama",
+    "hf_llama_lm",
     "hf_mobilenet_v2",
     "hf_resnet",
     "hf_swin",
@@ -436,12 +437,10 @@ def hf_gpt2_lm() -> Built:
     return model_cls(_gpt2_config(tie_word_embeddings=True)), _token_inputs(_VOCAB)
 
 
-@_seeded_builder
-def hf_llama() -> Built:
-    """transformers LlamaModel with GQA (4 query heads, 2 KV heads), hidden 64, SwiGLU FFN 128, 2 layers."""
-    from transformers import LlamaConfig, LlamaModel
+def _llama_config(**kw: Any) -> Any:
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=_VOCAB,
         hidden_size=_TEXT_DIMS["hidden"],
         intermediate_size=_TEXT_DIMS["ffn"],
@@ -451,8 +450,25 @@ def hf_llama() -> Built:
         max_position_embeddings=_TEXT_DIMS["positions"],
         use_cache=False,
         **_EAGER,
+        **kw,
     )
-    return LlamaModel(config), _token_inputs(_VOCAB)
+
+
+@_seeded_builder
+def hf_llama() -> Built:
+    """transformers LlamaModel with GQA (4 query heads, 2 KV heads), hidden 64, SwiGLU FFN 128, 2 layers."""
+    from transformers import LlamaModel
+
+    return LlamaModel(_llama_config()), _token_inputs(_VOCAB)
+
+
+@_seeded_builder
+def hf_llama_lm() -> Built:
+    """transformers LlamaForCausalLM, the hf_llama layout with an LM head tied to the token embedding
+    (as Llama 3.2 1B ties them): the residual stream ends in the head, so its hidden size can be pruned."""
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM(_llama_config(tie_word_embeddings=True)), _token_inputs(_VOCAB)
 
 
 @_seeded_builder
@@ -629,6 +645,7 @@ MODELS: dict[str, ModelSpec] = {
         _spec(hf_gpt2, "hf", "attention", "text", "conv1d"),
         _spec(hf_gpt2_lm, "hf", "attention", "text", "conv1d", "tied"),
         _spec(hf_llama, "hf", "attention", "text", "gqa"),
+        _spec(hf_llama_lm, "hf", "attention", "text", "gqa", "tied", "rmsnorm"),
         _spec(hf_vit, "hf", "attention", "vision"),
         _spec(hf_resnet, "hf", "cnn", "residual", "vision"),
         _spec(hf_convnext, "hf", "cnn", "residual", "depthwise", "vision"),

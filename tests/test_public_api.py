@@ -7,7 +7,7 @@ import graphprune
 
 EXPECTED = {
     "FFN", "Channels", "CompileConfig", "CompileReport", "CompileResult", "ConfigError", "Decision",
-    "DependencyError", "GraphPruneError", "Heads", "InputError", "OutputError", "PassError",
+    "DependencyError", "GraphPruneError", "Heads", "Hidden", "InputError", "OutputError", "PassError",
     "SemiStructured", "SkipReason", "UnsupportedModelError", "Unstructured", "ValidationError",
     "WeightError", "__version__", "compile", "load", "parse_pattern",
 }

@@ -21,7 +21,7 @@ QUICK = zoo.names(exclude={"large"})
 LARGE = zoo.names(include={"large"})
 KNOWN_TAGS = {
     "attention", "cnn", "conv1d", "depthwise", "functional", "gqa", "grouped", "hf", "k_not_div_4",
-    "large", "mlp", "real", "residual", "text", "tied", "transposed", "vision",
+    "large", "mlp", "real", "residual", "rmsnorm", "text", "tied", "transposed", "vision",
 }  # fmt: skip
 
 

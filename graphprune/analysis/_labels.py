@@ -137,6 +137,8 @@ class LabelState:
         self.attention: set[int] = set()  # roots whose heads dims meet in an attention op
         self.producers: list[Producer] = []
         self.head_splits: list[HeadSplit] = []
+        self.rms_norms: list[tuple[int, str, str]] = []  # (space, RMSNorm module fqn, mean node) normalizing a stream
+        self.layer_norms: list[int] = []  # spaces a LayerNorm normalizes (the stream is a hidden group, left dense)
         self.axis_space: dict[tuple[str, int], int] = {}
         self.param_nodes: set[torch.fx.Node] = set()  # placeholders of parameters and buffers
 

@@ -118,6 +118,24 @@ def _norm_dim(d: int, rank: int) -> int:
     return d + rank if d < 0 else d
 
 
+def _rms_norm_module(node: torch.fx.Node, dims: set[int], rank: int, keep: bool) -> str | None:
+    """The fqn of the RMSNorm module whose mean of squares over the last axis ``node`` is (else None).
+
+    Only this reduction may run over channels that are later removed: the shrunk model's RMS over
+    the kept channels differs from the masked model's by the constant factor sqrt(n / n_kept), which
+    the rewrite folds into the norm's weight and eps (``structured.rescale_rms_norms``).
+    """
+    if op_name(node.target) != "mean" or dims != {rank - 1} or not keep:
+        return None
+    stack = module_stack(node)
+    if not stack or not stack[-1][1].rsplit(".", 1)[-1].endswith("RMSNorm"):
+        return None
+    src = _args(node)[0]
+    if not (isinstance(src, torch.fx.Node) and op_name(src.target) == "pow" and len(src.args) > 1 and src.args[1] == 2):
+        return None
+    return stack[-1][0]
+
+
 def reduction(st: LabelState, node: torch.fx.Node, env: Env) -> Any:
     if getattr(node.target, "_overloadname", "") == "other":  # torch.max(a, b): elementwise
         return broadcast(st, node, env)
@@ -133,10 +151,13 @@ def reduction(st: LabelState, node: torch.fx.Node, env: Env) -> Any:
         dims = [dims]
     dims = {_norm_dim(d, len(sh)) for d in dims}
     keep = bool(_arg(node, 2, "keepdim", False))
+    rms = _rms_norm_module(node, dims, len(sh), keep)
     out: list[Label] = []
     for d, lab in enumerate(labs):
         if d in dims:
-            if isinstance(lab, (DL, CL)):
+            if rms is not None and isinstance(lab, DL) and lab.block == 1 and lab.rep == 1:
+                st.rms_norms.append((lab.space, rms, node.name))
+            elif isinstance(lab, (DL, CL)):
                 st.block(lab, f"{op_name(node.target)} reduces over these channels", node)
             if keep:
                 out.append(None)
@@ -167,6 +188,7 @@ def layer_norm(st: LabelState, node: torch.fx.Node, env: Env) -> Any:
     for lab in labs[len(labs) - k :]:
         if isinstance(lab, (DL, CL)):
             st.block(lab, f"{name} normalizes over these channels (a residual stream stays dense)", node)
+            st.layer_norms.extend(st.label_spaces(lab))
     res = tuple(labs)
     return [res, None, None] if name.startswith("native_") else res
 

@@ -14,7 +14,9 @@ Covered (see ``group_rules.RULES``): conv → BN → activation → residual add
 and split with offsets; depthwise conv (input and output channels coupled); flatten → Linear (each
 channel spans H*W features); attention heads (q/k/v rows, o columns; sdpa and eager matmul
 attention; GQA via expand/reshape or ``enable_gqa``: a KV head goes with its query group); FFN
-neurons (up and gate rows, down columns); tied weights (one parameter fqn, all uses coupled);
+neurons (up and gate rows, down columns); tied weights (one parameter fqn, all uses coupled); the
+hidden size of a residual stream that RMSNorm normalizes (kind ``hidden``: every producer, reader
+and norm weight of the stream; a LayerNorm blocks it, since its mean changes when channels go);
 ``nn.MultiheadAttention`` heads (stated from the module: see :func:`_multihead_attention`).
 """
 
@@ -34,7 +36,7 @@ from graphprune.analysis._labels import Blocker, HeadSplit, LabelState, Producer
 from graphprune.analysis.group_rules import RULES, apply_rule, op_name, shape_of
 from graphprune.errors import UnsupportedModelError
 
-GroupKind = Literal["channels", "ffn", "heads"]
+GroupKind = Literal["channels", "ffn", "heads", "hidden"]
 _LINEAR_OPS = ("linear", "addmm", "matmul")
 
 
@@ -76,6 +78,7 @@ class ChannelGroup:
     blockers: list[Blocker] = field(default_factory=list)
     heads: HeadsInfo | None = None
     reshape_nodes: list[str] = field(default_factory=list)  # head-split views (a folded constant shows here)
+    norms: list[str] = field(default_factory=list)  # RMSNorm modules normalizing these channels (kind "hidden")
 
     @property
     def name(self) -> str:
@@ -112,6 +115,7 @@ class ChannelGroup:
             "producers": [asdict(p) for p in self.producers],
             "blockers": [asdict(b) for b in self.blockers],
             "heads": asdict(self.heads) if self.heads else None,
+            "norms": list(self.norms),
         }
 
 
@@ -271,6 +275,12 @@ def _collect(st: LabelState) -> list[ChannelGroup]:
     for hs in st.head_splits:
         for leaf in st.leaves(hs.space):
             splits_by_root[st.find(leaf)].append(hs)
+    norms_by_root: dict[int, list[str]] = defaultdict(list)
+    for space, module, _node in st.rms_norms:
+        for leaf in st.leaves(space):
+            if module not in norms_by_root[st.find(leaf)]:
+                norms_by_root[st.find(leaf)].append(module)
+    layer_norm_roots = {st.find(leaf) for space in st.layer_norms for leaf in st.leaves(space)}
     groups: list[ChannelGroup] = []
     for root, prods in prod_by_root.items():
         prod_spaces = {p.space for p in prods}
@@ -290,6 +300,8 @@ def _collect(st: LabelState) -> list[ChannelGroup]:
             heads = _heads_info(splits)
             if heads.num_heads % max(1, heads.num_kv_heads):
                 blockers.append(Blocker(f"{heads.num_heads} query heads do not divide into {heads.num_kv_heads} KV heads", splits[0].node, splits[0].source))
+        elif norms_by_root.get(root) or root in layer_norm_roots:
+            kind = "hidden"
         elif all(p.op in _LINEAR_OPS for p in prods):
             kind = "ffn"
         else:
@@ -306,6 +318,7 @@ def _collect(st: LabelState) -> list[ChannelGroup]:
                 blockers=blockers,
                 heads=heads,
                 reshape_nodes=[s.node for s in splits],
+                norms=list(norms_by_root.get(root, [])),
             )
         )
     groups.sort(key=lambda g: min(_st_index(st, m) for m in g.producers))

@@ -28,7 +28,7 @@ def test_ratio_outside_unit_interval_is_a_config_error(ratio):
 
 def test_not_a_pattern_is_a_config_error():
     model, inputs = lopsided_mlp()
-    with pytest.raises(ConfigError, match="Channels, Heads or FFN"):
+    with pytest.raises(ConfigError, match="Channels, Heads, FFN or Hidden"):
         prune_structured(model, inputs, ["channels:0.5"])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="twice"):
         prune_structured(model, inputs, [FFN(ratio=0.1), FFN(ratio=0.2)])

@@ -79,11 +79,14 @@ def update_hf_config(
     ffn: Sequence[tuple[int, int]] = (),
     all_attention_pruned: bool = True,
     all_ffn_pruned: bool = True,
+    hidden: Sequence[tuple[int, int]] = (),
 ) -> tuple[dict[str, Any], list[str]]:
     """Update a transformers config where it can express the new sizes.
 
     ``heads``: (old_heads, old_kv, new_heads, new_kv) per attention module; ``ffn``: (old, new) per
-    FFN. Returns the fields set and notes on what the config could not express.
+    FFN; ``hidden``: (old, new) per pruned residual stream (``hidden_size``, and ``rms_norm_eps``
+    scaled by old / new as the norms were). Returns the fields set and notes on what the config
+    could not express.
     """
     cfg = _config(model)
     notes: list[str] = []
@@ -121,6 +124,16 @@ def update_hf_config(
                     changed["n_inner"] = next(iter(news))
                 else:
                     notes.append(f"{type(cfg).__name__} has no field for the FFN width: from_pretrained keeps the dense width")
+    if hidden:
+        if len(hidden) != 1 or getattr(cfg, "hidden_size", None) != hidden[0][0]:
+            notes.append("the pruned hidden size is not the config's single hidden_size: from_pretrained cannot rebuild it (use graphprune.load)")
+        elif getattr(cfg, "head_dim", None) is None and heads == () and getattr(cfg, "num_attention_heads", None):
+            notes.append(f"{type(cfg).__name__} derives the head width from hidden_size: from_pretrained cannot rebuild it (use graphprune.load)")
+        else:
+            old, new = hidden[0]
+            changed["hidden_size"] = new
+            if isinstance(getattr(cfg, "rms_norm_eps", None), float):
+                changed["rms_norm_eps"] = cfg.rms_norm_eps * old / new
     for k, v in changed.items():
         setattr(cfg, k, v)
     return changed, notes
