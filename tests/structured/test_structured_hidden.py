@@ -101,3 +101,15 @@ def test_hidden_pattern_strings():
         parse_pattern("hidden:1.0")
     with pytest.raises(ConfigError, match="twice"):
         parse_pattern("hidden:0.25,hidden:0.5")
+
+
+def test_iterative_hidden_steps_compose_to_the_one_shot_rescale():
+    from graphprune.structured import prune_structured_iteratively
+
+    model, inputs = zoo.build("hf_llama_lm")
+    eps0 = model.config.rms_norm_eps
+    res = prune_structured_iteratively(model.eval(), inputs, [0.125, 0.25], lambda r: [Hidden(ratio=r)])
+    assert [s.parity["ok"] for s in res.steps] == [True, True]
+    assert model.config.hidden_size == 48 and tuple(model.model.norm.weight.shape) == (48,)
+    # eps scaled by 64/56 then 56/48: the same as one step of 64/48
+    assert math.isclose(model.model.norm.variance_epsilon, eps0 * 64 / 48, rel_tol=1e-12)
