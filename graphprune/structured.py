@@ -17,17 +17,19 @@ Entry point :func:`prune_structured` (called by ``graphprune.compile`` on its wo
 5. check: the shrunk model's outputs equal those of the *masked equivalent* (the dense model with the
    removed channels' weights zeroed) on the example inputs; a mismatch (e.g. a head count the forward
    hard-codes, which capture folded into a constant) raises ValidationError naming the reshape nodes.
+
+Iterative schedules (steps of ratios of the original size, snapshots, a retraining callback) live in
+:mod:`graphprune.structured_iterative`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -496,63 +498,8 @@ def _decision(model: nn.Module, g: ChannelGroup, rec: GroupRecord) -> Decision:
     )
 
 
-# ---- iterative schedules -----------------------------------------------------------------------------
-@dataclass
-class IterativeResult:
-    model: nn.Module
-    steps: list[StructuredResult]
-    snapshots: list[nn.Module]
-    ratios: list[float]
-
-
-def prune_structured_iteratively(
-    model: nn.Module,
-    example_inputs: tuple[Any, ...],
-    ratios: Sequence[float],
-    make_patterns: Callable[[float], Sequence[StructuredPattern]],
-    *,
-    between_steps: Callable[[int, nn.Module], None] | None = None,
-    keep_snapshots: bool = True,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    calibration: Iterable[tuple[Any, ...]] | None = None,
-    verify: bool = True,
-) -> IterativeResult:
-    """Prune in steps (e.g. 0.2 → 0.4 → 0.6), each ratio of the ORIGINAL size, mutating ``model``.
-
-    ``make_patterns(ratio)`` gives the patterns of one step. After step ``i``, ``between_steps(i,
-    model)`` runs (retraining); then a deep copy of the model is kept as snapshot ``i`` (CAP uses
-    these as contrastive targets). Ratios must increase.
-    """
-    rs = [float(r) for r in ratios]
-    for r in rs:
-        if not 0 <= r < 1:
-            raise ConfigError(f"iterative ratios must be in [0, 1), got {r!r}")
-    if any(b <= a for a, b in itertools.pairwise(rs)):
-        raise ConfigError(f"iterative ratios must increase (each is a fraction of the original size), got {rs}")
-    base: dict[str, int] | None = None
-    steps: list[StructuredResult] = []
-    snaps: list[nn.Module] = []
-    calib = list(calibration) if calibration is not None else None
-    for i, r in enumerate(rs):
-        analysis = find_groups(model, example_inputs)
-        if base is None:
-            base = {group_key(g): g.units for g in analysis.groups}
-        res = prune_structured(
-            model, example_inputs, make_patterns(r), include=include, exclude=exclude, calibration=calib,
-            verify=verify, base_units=base, analysis=analysis,
-        )
-        steps.append(res)
-        if between_steps is not None:
-            between_steps(i, model)
-        if keep_snapshots:
-            snaps.append(copy.deepcopy(model))
-    return IterativeResult(model, steps, snaps, rs)
-
-
 __all__ = [
     "GroupRecord",
-    "IterativeResult",
     "StructuredResult",
     "accumulate_activations",
     "accumulate_taylor",
@@ -560,5 +507,4 @@ __all__ = [
     "group_key",
     "make_masked_equivalent",
     "prune_structured",
-    "prune_structured_iteratively",
 ]

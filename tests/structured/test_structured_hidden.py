@@ -104,7 +104,7 @@ def test_hidden_pattern_strings():
 
 
 def test_iterative_hidden_steps_compose_to_the_one_shot_rescale():
-    from graphprune.structured import prune_structured_iteratively
+    from graphprune.structured_iterative import prune_structured_iteratively
 
     model, inputs = zoo.build("hf_llama_lm")
     eps0 = model.config.rms_norm_eps
