@@ -287,6 +287,10 @@ def prune_structured(
         records[g.id] = rec
         if pat is None:
             rec.message = "no pattern for this kind of group"
+            if g.kind == "hidden":
+                rec.message = "a residual stream (the hidden size): only the hidden:R pattern prunes it"
+                if g.blockers:
+                    rec.message += f", and it cannot: {g.blockers[0].reason} (node {g.blockers[0].node})"
             continue
         if g.blockers:
             b = g.blockers[0]

@@ -113,3 +113,11 @@ def test_iterative_hidden_steps_compose_to_the_one_shot_rescale():
     assert model.config.hidden_size == 48 and tuple(model.model.norm.weight.shape) == (48,)
     # eps scaled by 64/56 then 56/48: the same as one step of 64/48
     assert math.isclose(model.model.norm.variance_epsilon, eps0 * 64 / 48, rel_tol=1e-12)
+
+
+def test_other_patterns_report_the_stream_and_why_it_stays():
+    model, inputs = zoo.build("hf_bert")
+    _, _, result = prune_copy(model.eval(), inputs, [FFN(ratio=0.5)])
+    hidden = [r for r in result.groups if r.kind == "hidden"]
+    assert hidden and all("only the hidden:R pattern" in r.message and "layer_norm" in r.message for r in hidden)
+    assert any(r.pruned for r in result.groups if r.kind == "ffn")
