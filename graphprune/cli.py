@@ -220,9 +220,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     assert loaded.model is not None and loaded.example_inputs is not None
     rep = inspect_model(copy_model(loaded.model), loaded.example_inputs, config)
     if args.json:
-        print(json.dumps(rep.to_dict()["decisions"], indent=2))
+        d = rep.to_dict()
+        print(json.dumps({"decisions": d["decisions"], "structured": d["structured"]} if rep.structured else d["decisions"], indent=2))
     else:
+        if rep.structured:
+            from graphprune.report import structured_table
+
+            print(structured_table(rep.structured))
+            print()
         print(rep.table())
+        for note in rep.notes:
+            print(f"note:    {note}")
         print(f"capture: {rep.capture.get('method')}")
     return 0
 

@@ -15,11 +15,26 @@ from graphprune.report import CompileReport
 
 
 def inspect_model(model: nn.Module, example_inputs: tuple[Any, ...], config: CompileConfig | None = None) -> CompileReport:
-    """Capture ``model`` (which must be a copy the caller may lose) and decide every site; no masks."""
+    """Decide every site of ``model`` (which must be a copy the caller may lose); no masks, no files.
+
+    With structured patterns the copy is shrunk first, as ``compile`` does (``report.structured``
+    lists every group: what would go, and why the rest stays), and the element-wise decisions are
+    those of the shrunk model.
+    """
     config = config or CompileConfig()
+    structured: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if config.structured_patterns:
+        from graphprune.structured import prune_structured
+
+        res = prune_structured(model, tuple(example_inputs), config.structured_patterns, include=config.include, exclude=config.exclude)
+        structured = [g.to_dict() for g in res.groups]
+        notes = [f"structured: {res.summary()}", *res.notes]
     cap = capture(model.eval(), tuple(example_inputs))
     scan = find_sites(cap)
     report = CompileReport(model=type(model).__name__, capture=cap.record(), config=config.to_dict())
+    report.structured = structured
+    report.notes.extend(notes)
     for site in scan.sites:
         d, _ = decide(site, config)
         d.numel = d.numel or 0

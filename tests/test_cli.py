@@ -120,6 +120,22 @@ def test_inspect_and_audit(tmp_path, capsys):
     assert main(["audit", str(out / "model.onnx"), "--pattern", "1:4"]) == 6
 
 
+def test_inspect_shows_structured_groups_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "models.zoo:residual_cnn", "--pattern", "channels:0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    groups = {g["name"]: g for g in out["structured"]}
+    assert groups["layer2.conv1"]["pruned"] and groups["layer2.conv1"]["units_after"] == 16
+    assert not groups["fc"]["pruned"] and "model output" in groups["fc"]["message"]
+    # element-wise decisions are those of the shrunk model, as compile would see it
+    shapes = {d["param"]: tuple(d["shape"]) for d in out["decisions"]}
+    assert shapes["layer2.conv1.weight"][0] == 16
+    assert main(["inspect", "models.zoo:residual_cnn", "--pattern", "channels:0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "channels:0.5" in text and "note:    structured:" in text
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnx_input_is_pruned_and_checked(tmp_path, capsys):
     _pt2(tmp_path / "m.pt2")
     assert main(["compile", str(tmp_path / "m.pt2"), "--pattern", "unstructured:0", "-o", str(tmp_path / "dense")]) == 0
