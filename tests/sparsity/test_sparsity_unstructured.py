@@ -98,6 +98,22 @@ def test_global_threshold_by_sampling(monkeypatch):
     assert torch.equal(single, unstructured_mask(weights["a"], 0.8))
 
 
+@pytest.mark.parametrize("sparsity", [0.0001, 0.37, 0.5, 0.9, 0.9999])
+def test_one_tensor_bracket_gives_the_exact_kth(monkeypatch, sparsity):
+    """One tensor above _ONE_SAMPLED: the threshold comes from a sample's bracket; the mask must equal
+    the naive one (ties included), at quantiles near both ends too."""
+    monkeypatch.setattr(unstructured_mod, "_ONE_SAMPLED", 1000)
+    monkeypatch.setattr(unstructured_mod, "_SMALL_SAMPLE", 512)
+    calls = []
+    real = unstructured_mod._kth_of_one
+    monkeypatch.setattr(unstructured_mod, "_kth_of_one", lambda x, k: calls.append(k) or real(x, k))
+    for seed, ties in ((4, False), (5, True)):
+        w = make_weight(seed, (90, 70), ties=ties)
+        k = round(sparsity * w.numel())
+        assert torch.equal(unstructured_mask(w, sparsity).reshape(-1), _naive_mask(w.reshape(-1), k))
+    assert calls, "the bracket path was not taken"
+
+
 def test_global_is_global_not_per_layer():
     weights = {"small": torch.full((10,), 0.01), "big": torch.full((10,), 5.0)}
     masks = global_unstructured_masks(weights, 0.5)
