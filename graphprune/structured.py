@@ -446,6 +446,13 @@ def _verify(model: nn.Module, example_inputs: tuple[Any, ...], reference: Any, c
         if suspects
         else ""
     )
+    streams = [g.name for g, _ in chosen if g.kind == "hidden"]
+    if streams:
+        hint += (
+            f"; hidden size pruned in {', '.join(streams[:3])}: that is exact only where each RMSNorm computes "
+            "weight * x / rms(x) and nothing reads the width itself (Gemma's (1 + weight) norms and its embedding "
+            "scale sqrt(hidden_size) do not qualify) — leave the stream dense (drop hidden:R, or exclude it)"
+        )
     try:
         with _eval(model):
             got = model(*example_inputs)

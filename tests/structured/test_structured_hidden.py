@@ -121,3 +121,29 @@ def test_other_patterns_report_the_stream_and_why_it_stays():
     hidden = [r for r in result.groups if r.kind == "hidden"]
     assert hidden and all("only the hidden:R pattern" in r.message and "layer_norm" in r.message for r in hidden)
     assert any(r.pruned for r in result.groups if r.kind == "ffn")
+
+
+def _tiny_lm(config_cls: str, lm_cls: str):
+    import transformers
+
+    config = getattr(transformers, config_cls)(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, use_cache=False, attn_implementation="eager",
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return getattr(transformers, lm_cls)(config).eval(), (torch.randint(3, 512, (2, 12)),)
+
+
+@pytest.mark.parametrize("arch", [("Qwen2Config", "Qwen2ForCausalLM"), ("Qwen3Config", "Qwen3ForCausalLM"), ("MistralConfig", "MistralForCausalLM")])
+def test_other_rmsnorm_lms_shrink_exactly(arch):
+    model, inputs = _tiny_lm(*arch)
+    original, shrunk, result = prune_copy(model, inputs, [Hidden(ratio=0.25), Heads(ratio=0.5), FFN(ratio=0.5)])
+    assert shrunk.config.hidden_size == 48 and result.parity["ok"]
+    assert torch_parity(shrunk, result.masked_equivalent(original), inputs).max_abs < 1e-5
+
+
+def test_gemma_norms_are_refused_by_the_parity_check_with_the_reason():
+    model, inputs = _tiny_lm("GemmaConfig", "GemmaForCausalLM")
+    with pytest.raises(ValidationError, match=r"Gemma's \(1 \+ weight\) norms"):
+        prune_copy(model, inputs, [Hidden(ratio=0.25)])
