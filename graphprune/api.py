@@ -319,6 +319,7 @@ def _structured(work: nn.Module, inputs: tuple[Any, ...], config: CompileConfig,
     res = prune_structured(work, inputs, config.structured_patterns, include=config.include, exclude=config.exclude)
     ctx.report.structured = [g.to_dict() for g in res.groups]
     ctx.report.notes.append(f"structured: {res.summary()}")
+    ctx.report.notes.extend(f"structured: {n}" for n in res.notes)
     ctx.report.decisions.extend(res.decisions)
     return res.model
 

@@ -357,6 +357,11 @@ def prune_structured(
         keep_json.setdefault(t, {})[a] = idx.tolist()
     original_shapes = {t: list(get_tensor(model, t).shape) for t in keep_json}
     result = StructuredResult(model, list(records.values()), decisions, {}, keep_json, original_shapes, params_before, params_before)
+    for cls, pat in pats.items():  # a pattern that matches no group at all is said, not silently ignored
+        matched = [g for g in analysis.groups if _pattern_for(g, pats) is pat]
+        if not matched:
+            what = {Heads: "attention-head", FFN: "FFN or Linear-channel", Hidden: "residual-stream (hidden size)", Channels: "channel"}[cls]
+            result.notes.append(f"{pat}: {type(model).__name__} has no {what} group, so this pattern removes nothing")
 
     reference = None
     if verify and chosen:

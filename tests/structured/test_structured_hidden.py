@@ -147,3 +147,21 @@ def test_gemma_norms_are_refused_by_the_parity_check_with_the_reason():
     model, inputs = _tiny_lm("GemmaConfig", "GemmaForCausalLM")
     with pytest.raises(ValidationError, match=r"Gemma's \(1 \+ weight\) norms"):
         prune_copy(model, inputs, [Hidden(ratio=0.25)])
+
+
+def test_a_pattern_matching_no_group_is_said():
+    model, inputs = zoo.build("residual_cnn")
+    _, _, result = prune_copy(model.eval(), inputs, [Hidden(ratio=0.25), Heads(ratio=0.5)])
+    assert any(n.startswith("hidden:0.25: ") and "no residual-stream" in n for n in result.notes)
+    assert any(n.startswith("heads:0.5: ") and "no attention-head group" in n for n in result.notes)
+    assert not any(r.pruned for r in result.groups)
+
+
+def test_compile_reports_the_structured_notes(tmp_path):
+    import graphprune
+    from graphprune.config import CompileConfig
+
+    model, inputs = zoo.build("residual_cnn")
+    res = graphprune.compile(model, inputs, CompileConfig(pattern=parse_pattern("channels:0.5,heads:0.5")), output_dir=tmp_path)
+    assert res.ok and res.model.layer2.conv1.out_channels == 16
+    assert "structured: heads:0.5: _ResidualCNN has no attention-head group, so this pattern removes nothing" in res.report.notes
