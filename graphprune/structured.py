@@ -107,6 +107,14 @@ class StructuredResult:
         )
 
 
+_GROUP_WORDS: dict[type, str] = {
+    Heads: "attention-head",
+    FFN: "FFN or Linear-channel",
+    Hidden: "residual-stream (hidden size)",
+    Channels: "channel",
+}
+
+
 # ---- validation ------------------------------------------------------------------------------------
 def _validate_patterns(patterns: Sequence[Any]) -> dict[type, Any]:
     """{pattern class: pattern} after the checks."""
@@ -360,7 +368,7 @@ def prune_structured(
     for cls, pat in pats.items():  # a pattern that matches no group at all is said, not silently ignored
         matched = [g for g in analysis.groups if _pattern_for(g, pats) is pat]
         if not matched:
-            what = {Heads: "attention-head", FFN: "FFN or Linear-channel", Hidden: "residual-stream (hidden size)", Channels: "channel"}[cls]
+            what = _GROUP_WORDS[cls]
             result.notes.append(f"{pat}: {type(model).__name__} has no {what} group, so this pattern removes nothing")
 
     reference = None
