@@ -8,7 +8,7 @@ Graph captures (torch.export aten graphs and fx graphs) are read op by op throug
 ``PRUNABLE_OPS``; the weight operand is followed back through view-like ops (t, transpose,
 permute, dtype casts, detach, contiguous, slicing) to the parameter, and the reduction axis K of the
 op is mapped back to the parameter's own axes. The module walk (no graph) knows only whitelisted
-module types (``WALK_TYPES``).
+module types (``WALK_TYPES``); it lives in :mod:`graphprune.analysis.walk_sites`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from graphprune.analysis.site_scan import SiteScan, _flops, _op_name, _rank, _source_line, module_of
 from graphprune.analysis.sites import Site
+from graphprune.analysis.walk_sites import WALK_TYPES as WALK_TYPES
+from graphprune.analysis.walk_sites import _fx_module_site, _walk_sites
 from graphprune.capture import Capture
 
 aten = torch.ops.aten
@@ -103,35 +106,6 @@ _IDENTITY_OPS = {
 }
 _SWAP_OPS = {aten.t.default, aten.numpy_T.default}
 
-WALK_TYPES: tuple[str, ...] = (
-    "Linear",
-    "LazyLinear",
-    "NonDynamicallyQuantizableLinear",
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvTranspose1d",
-    "ConvTranspose2d",
-    "ConvTranspose3d",
-    "Conv1D",  # transformers GPT-2
-)
-
-
-def module_of(param_fqn: str) -> str:
-    return param_fqn.rpartition(".")[0]
-
-
-def _op_name(kind: str, module_type: str, rank: int) -> str:
-    if kind == "conv":
-        return f"conv{rank - 2}d"
-    if kind == "conv_transpose":
-        return f"conv_transpose{rank - 2}d"
-    if kind == "matmul" and module_type.endswith(".Conv1D"):
-        return "hf_conv1d"
-    if kind == "linear" and module_type.endswith("MultiheadAttention"):
-        return "mha_in_proj"
-    return kind
-
 
 def _resolve_weight(
     node: Any, cap: Capture, gm_attrs: dict[str, str]
@@ -194,48 +168,6 @@ def _resolve_weight(
     return None
 
 
-def _val(node: fx.Node) -> Any:
-    """The node's example value: ``val`` (torch.export) or ``example_value`` (Dynamo graphs)."""
-    val = node.meta.get("val")
-    return val if val is not None else node.meta.get("example_value")
-
-
-def _rank(node: fx.Node) -> int | None:
-    val = _val(node)
-    if isinstance(val, torch.Tensor):
-        return val.dim()
-    tm = node.meta.get("tensor_meta")
-    if tm is not None and hasattr(tm, "shape"):
-        return len(tm.shape)
-    return None
-
-
-def _out_numel(node: fx.Node) -> int:
-    val = _val(node)
-    if isinstance(val, torch.Tensor):
-        try:
-            return int(val.numel())
-        except Exception:  # symbolic shapes
-            return 0
-    tm = node.meta.get("tensor_meta")
-    if tm is not None and hasattr(tm, "shape"):
-        n = 1
-        for s in tm.shape:
-            n *= int(s)
-        return n
-    return 0
-
-
-def _source_line(node: fx.Node) -> str | None:
-    st = node.meta.get("stack_trace")
-    if not st:
-        return None
-    lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip().startswith("File ")]
-    # the innermost frame outside torch itself: the user's (or transformers') line that made the op
-    user = [ln for ln in lines if "/torch/" not in ln]
-    return (user or lines)[-1] if lines else None
-
-
 def _ties(model: nn.Module) -> dict[str, tuple[str, ...]]:
     by_id: dict[int, list[str]] = defaultdict(list)
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -255,12 +187,6 @@ def _canonical(model: nn.Module) -> dict[str, str]:
         first.setdefault(id(p), name)
         out[name] = first[id(p)]
     return out
-
-
-@dataclass
-class SiteScan:
-    sites: list[Site]
-    unsupported: list[tuple[str, str]]  # (param fqn, why)
 
 
 def find_sites(cap: Capture) -> SiteScan:
@@ -373,138 +299,3 @@ def _add_site(
         source=_source_line(node),
         node=node.name,
     )
-
-
-def _flops(node: fx.Node, kind: str, shape: tuple[int, ...], k_axis: int) -> int:
-    """2 x multiply-accumulates of the op for the example inputs (0 where shapes are unknown)."""
-    kernel = 1
-    for s in shape[2:]:
-        kernel *= s
-    if kind == "conv_transpose":
-        # every input element meets (out/groups) x kernel weights
-        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        return 2 * (_out_numel(src) if src is not None else 0) * shape[1] * kernel
-    if kind == "conv":
-        return 2 * _out_numel(node) * shape[1] * kernel
-    return 2 * _out_numel(node) * shape[k_axis]
-
-
-def _fx_module_site(
-    node: fx.Node,
-    model: nn.Module,
-    found: dict[str, Site],
-    ties: dict[str, tuple[str, ...]],
-    canon: dict[str, str],
-) -> None:
-    target = str(node.target)
-    try:
-        mod = model.get_submodule(target)
-    except AttributeError:
-        return
-    if type(mod).__name__ == "MultiheadAttention" and getattr(mod, "in_proj_weight", None) is not None:
-        infos = [("in_proj_weight", "linear", 1, 1), ("out_proj.weight", "linear", 1, 1)]
-    else:
-        info = _module_weight_info(mod)
-        infos = [info] if info is not None else []
-    for pname, kind, k_axis, groups in infos:
-        _fx_add(node, model, found, ties, canon, target, mod, pname, kind, k_axis, groups)
-
-
-def _fx_add(
-    node: fx.Node,
-    model: nn.Module,
-    found: dict[str, Site],
-    ties: dict[str, tuple[str, ...]],
-    canon: dict[str, str],
-    target: str,
-    mod: nn.Module,
-    pname: str,
-    kind: str,
-    k_axis: int,
-    groups: int,
-) -> None:
-    name = canon.get(f"{target}.{pname}", f"{target}.{pname}")
-    if name in found:
-        found[name].uses += 1
-        return
-    param = model.get_parameter(name)
-    shape = tuple(param.shape)
-    mtype = type(mod)
-    module_type = f"{mtype.__module__}.{mtype.__qualname__}"
-    op = "mha_in_proj" if pname == "in_proj_weight" else _op_name(kind, "", len(shape))
-    found[name] = Site(
-        param=name,
-        module=module_of(name),
-        module_type=module_type,
-        op=op,
-        shape=shape,
-        k_axis=k_axis,
-        groups=groups,
-        flops=0 if module_type.endswith("MultiheadAttention") else _flops(node, kind, shape, k_axis),
-        ties=ties.get(name, ()),
-        source=_source_line(node),
-        node=node.name,
-    )
-
-
-def _module_weight_info(mod: nn.Module) -> tuple[str, str, int, int] | None:
-    """(param name, kind, K axis, groups) for whitelisted module types."""
-    cls = getattr(mod, "original_name", None) or type(mod).__name__  # TorchScript keeps the class name here
-    w = getattr(mod, "weight", None)
-    if not isinstance(w, torch.Tensor):
-        return None
-    if isinstance(mod, nn.Linear) or cls in ("Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"):
-        return "weight", "linear", 1, 1
-    if isinstance(mod, nn.modules.conv._ConvNd) or cls in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"):
-        transposed = bool(getattr(mod, "transposed", cls.startswith("ConvTranspose")))
-        groups = int(getattr(mod, "groups", 1))
-        return ("weight", "conv_transpose", 0, groups) if transposed else ("weight", "conv", 1, groups)
-    if cls == "Conv1D" and hasattr(mod, "nf"):
-        return "weight", "matmul", 0, 1
-    return None
-
-
-def _walk_sites(model: nn.Module, ties: dict[str, tuple[str, ...]]) -> SiteScan:
-    sites: list[Site] = []
-    seen: set[int] = set()
-    covered: set[str] = set()
-    for mname, mod in model.named_modules():
-        infos: list[tuple[str, str, int, int]] = []
-        info = _module_weight_info(mod)
-        if info is not None:
-            infos.append(info)
-        if type(mod).__name__ == "MultiheadAttention" and getattr(mod, "in_proj_weight", None) is not None:
-            infos.append(("in_proj_weight", "linear", 1, 1))
-        for pname, kind, k_axis, groups in infos:
-            p = getattr(mod, pname)
-            name = f"{mname}.{pname}" if mname else pname
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            covered.add(name)
-            mtype = type(mod)
-            original = getattr(mod, "original_name", None)  # TorchScript keeps the class name here
-            module_type = f"{mtype.__module__}.{original or mtype.__qualname__}"
-            shape = tuple(p.shape)
-            op = _op_name(kind, module_type if original is None else f".{original}", len(shape))
-            if type(mod).__name__ == "MultiheadAttention":
-                op = "mha_in_proj"
-            sites.append(
-                Site(
-                    param=name,
-                    module=mname,
-                    module_type=module_type,
-                    op=op,
-                    shape=shape,
-                    k_axis=k_axis,
-                    groups=groups,
-                    flops=0,
-                    ties=ties.get(name, ()),
-                )
-            )
-    unsupported = [
-        (n, "module type not in the walk whitelist")
-        for n, p in model.named_parameters()
-        if p.dim() >= 2 and p.is_floating_point() and n not in covered
-    ]
-    return SiteScan(sites, unsupported)

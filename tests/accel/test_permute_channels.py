@@ -34,8 +34,14 @@ def test_permuted_dense_model_equals_unpermuted(name):
     assert changed  # weights really moved
     b, a = report.overall()
     assert a > b
+    # the search maximizes the kept magnitude of a group's consumers stacked together: the group's total
+    # never falls (one of several consumers may, when the search is cut short by its time budget)
+    for rec in report.groups:
+        assert rec.kept_after >= rec.kept_before - 1e-12, rec.name
+    single = {c for rec in report.groups if len(rec.consumers) == 1 for c in rec.consumers}
     for lay in report.layers:
-        assert lay.kept_after >= lay.kept_before - 1e-12
+        if lay.param in single:
+            assert lay.kept_after >= lay.kept_before - 1e-12, lay.param
         assert lay.permuted or lay.reason, lay.param  # never skipped silently
 
 
