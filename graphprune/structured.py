@@ -24,22 +24,28 @@ Iterative schedules (steps of ratios of the original size, snapshots, a retraini
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
-import math
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from graphprune._structured_plan import _build_keep, _keep_units, _pattern_for, _selected, _validate_patterns, group_key
+from graphprune._structured_records import (
+    _blocked_message,
+    _decision,
+    _eval,
+    _heads_dict,
+    _importance_summary,
+    _verify,
+    make_masked_equivalent,
+)
 from graphprune.analysis.group_importance import accumulate_activations, accumulate_taylor, batches, group_importance
 from graphprune.analysis.groups import ChannelGroup, GroupAnalysis, find_groups
-from graphprune.config import FFN, STRUCTURED_TYPES, Channels, Heads, Hidden
-from graphprune.errors import ConfigError, ValidationError, WeightError
+from graphprune.config import FFN, Channels, Heads, Hidden
+from graphprune.errors import WeightError
 from graphprune.modules import SlimMultiheadAttention, class_name, slim_multihead_attention
 from graphprune.passes.fx.remove_channels import get_tensor, remove_channels
 from graphprune.passes.fx.remove_heads import update_attention_attrs, update_hf_config
@@ -113,127 +119,6 @@ _GROUP_WORDS: dict[type, str] = {
     Hidden: "residual-stream (hidden size)",
     Channels: "channel",
 }
-
-
-# ---- validation ------------------------------------------------------------------------------------
-def _validate_patterns(patterns: Sequence[Any]) -> dict[type, Any]:
-    """{pattern class: pattern} after the checks."""
-    if isinstance(patterns, STRUCTURED_TYPES):
-        patterns = (patterns,)
-    found: dict[type, Any] = {}
-    for p in patterns:
-        if not isinstance(p, STRUCTURED_TYPES):
-            raise ConfigError(f"structured patterns must be Channels, Heads, FFN or Hidden objects, got {p!r}")
-        ratio = p.ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0 <= ratio < 1:
-            raise ConfigError(f"{type(p).__name__}.ratio must be in [0, 1) (the fraction removed), got {ratio!r}")
-        if type(p) in found:
-            raise ConfigError(f"structured patterns name {type(p).__name__} twice")
-        found[type(p)] = p
-    return found
-
-
-def _matches(name: str, globs: Sequence[str]) -> bool:
-    import fnmatch
-
-    return any(fnmatch.fnmatchcase(name, g) for g in globs)
-
-
-def _selected(group: ChannelGroup, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    names = {group.name} | {p.module for p in group.producers if p.module}
-    names |= {m.target.rpartition(".")[0] for m in group.producer_members}
-    if include and not any(_matches(n, include) for n in names):
-        return False
-    return not any(_matches(n, exclude) for n in names)
-
-
-# ---- planning ---------------------------------------------------------------------------------------
-def _pattern_for(g: ChannelGroup, pats: dict[type, Any]) -> StructuredPattern | None:
-    """Heads -> attention groups; FFN (else Channels) -> FFN groups; Hidden -> RMSNorm residual streams
-    (only when asked for by name); Channels -> every other group."""
-    if g.kind == "heads":
-        return pats.get(Heads)
-    if g.kind == "hidden":
-        return pats.get(Hidden)
-    if g.kind == "ffn":
-        return pats.get(FFN, pats.get(Channels))
-    return pats.get(Channels)
-
-
-def group_key(g: ChannelGroup) -> str:
-    """A name for a group that survives pruning (used by iterative schedules)."""
-    first = g.producer_members[0].target if g.producer_members else g.members[0].target
-    return f"{g.kind}:{g.name}:{first}"
-
-
-def _keep_units(g: ChannelGroup, pat: StructuredPattern, base_units: int | None) -> int:
-    units = base_units or g.units
-    if isinstance(pat, Heads):
-        assert g.heads is not None
-        per_unit = g.heads.num_heads // g.units
-        n = S.heads_keep_units(units * per_unit, per_unit, units, pat.ratio, min_heads=pat.min_heads)
-    else:
-        per = g.channels // g.units
-        n = S.keep_count(units, pat.ratio, round_to=pat.round_to if per == 1 else 1, minimum=1)
-    return min(n, g.units)
-
-
-def _build_keep(model: nn.Module, chosen: list[tuple[ChannelGroup, torch.Tensor]]) -> dict[tuple[str, int], torch.Tensor]:
-    """Per (tensor, axis): the kept indices, merging every group's range of that axis."""
-    pieces: dict[tuple[str, int], dict[int, tuple[int, torch.Tensor]]] = defaultdict(dict)
-    for g, ku in chosen:
-        for m in g.members:
-            idx = S.unit_indices(ku, g.units, m.size) + m.offset
-            pieces[(m.target, m.axis)][m.offset] = (m.size, idx)
-    keep: dict[tuple[str, int], torch.Tensor] = {}
-    for (target, axis), ranges in pieces.items():
-        length = get_tensor(model, target).shape[axis]
-        parts: list[torch.Tensor] = []
-        pos = 0
-        for off in sorted(ranges):
-            size, idx = ranges[off]
-            if off > pos:
-                parts.append(torch.arange(pos, off))
-            parts.append(idx)
-            pos = off + size
-        if pos < length:
-            parts.append(torch.arange(pos, length))
-        keep[(target, axis)] = torch.cat(parts).to(torch.long)
-    return keep
-
-
-def make_masked_equivalent(original: nn.Module, result: StructuredResult) -> nn.Module:
-    """A deep copy of the dense ``original`` with the removed channels' contribution zeroed.
-
-    Every parameter slice a removed unit owns is zeroed: producer rows and biases, BatchNorm scale
-    and shift, consumer columns. Buffers are left alone (their channels then only reach zeroed
-    weights). Where removal is exact, ``shrunk(x) == masked(x)``.
-    """
-    masked = copy.deepcopy(original)
-    with torch.no_grad():
-        for fqn, axes in result.keep.items():
-            t = get_tensor(masked, fqn)
-            if not isinstance(t, nn.Parameter):
-                continue
-            for axis, kept in axes.items():
-                drop = torch.ones(t.shape[axis], dtype=torch.bool)
-                drop[torch.tensor(kept, dtype=torch.long)] = False
-                idx = drop.nonzero().flatten()
-                if idx.numel():
-                    t.index_fill_(axis, idx.to(t.device), 0)
-    return masked
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, t in modes.items():
-            m.training = t
 
 
 def _count_params(model: nn.Module) -> int:
@@ -447,79 +332,6 @@ def prune_structured(
         result.parity = _verify(model, example_inputs, reference, chosen)
     log.info("structured pruning: %s", result.summary())
     return result
-
-
-def _verify(model: nn.Module, example_inputs: tuple[Any, ...], reference: Any, chosen: list[tuple[ChannelGroup, torch.Tensor]]) -> dict[str, Any]:
-    from graphprune.runtime.compare import compare_outputs
-
-    suspects = [n for g, _ in chosen for n in g.reshape_nodes]
-    hint = (
-        f"; reshape nodes that read the pruned widths: {', '.join(suspects[:8])} — a forward that hard-codes a head "
-        "count or width (folded into a constant at capture) cannot be shrunk"
-        if suspects
-        else ""
-    )
-    streams = [g.name for g, _ in chosen if g.kind == "hidden"]
-    if streams:
-        hint += (
-            f"; hidden size pruned in {', '.join(streams[:3])}: that is exact only where each RMSNorm computes "
-            "weight * x / rms(x) and nothing reads the width itself (Gemma's (1 + weight) norms and its embedding "
-            "scale sqrt(hidden_size) do not qualify) — leave the stream dense (drop hidden:R, or exclude it)"
-        )
-    try:
-        with _eval(model):
-            got = model(*example_inputs)
-    except Exception as e:
-        raise ValidationError(f"the shrunk model no longer runs: {type(e).__name__}: {str(e)[:500]}{hint}") from e
-    stats = compare_outputs(reference, got)
-    if not stats.ok:
-        raise ValidationError(
-            f"the shrunk model differs from the masked-equivalent dense model (max_abs={stats.max_abs:.3g}){hint}"
-        )
-    return {"ok": True, "max_abs": float(stats.max_abs)}
-
-
-def _heads_dict(g: ChannelGroup) -> dict[str, int] | None:
-    if g.heads is None:
-        return None
-    return {"num_heads": g.heads.num_heads, "num_kv_heads": g.heads.num_kv_heads, "head_dim": g.heads.head_dim}
-
-
-def _importance_summary(s: torch.Tensor, kept: torch.Tensor) -> dict[str, float]:
-    s = s.float()
-    total = float(s.sum()) or 1.0
-    return {
-        "min": float(s.min()),
-        "mean": float(s.mean()),
-        "max": float(s.max()),
-        "kept_share": float(s[kept].sum()) / total if kept.numel() else 0.0,
-    }
-
-
-def _blocked_message(model: nn.Module, g: ChannelGroup) -> str:
-    parts = [f"{b.reason} (node {b.node}{', ' + b.source if b.source else ''})" for b in g.blockers[:3]]
-    more = f" and {len(g.blockers) - 3} more" if len(g.blockers) > 3 else ""
-    return f"group {g.name} left dense: " + "; ".join(parts) + more
-
-
-def _decision(model: nn.Module, g: ChannelGroup, rec: GroupRecord) -> Decision:
-    first = g.producer_members[0] if g.producer_members else g.members[0]
-    try:
-        shape = tuple(get_tensor(model, first.target).shape)
-    except KeyError:
-        shape = ()
-    return Decision(
-        param=first.target,
-        module=first.target.rpartition(".")[0],
-        op=f"structured_{g.kind}",
-        shape=shape,
-        k_axis=first.axis,
-        pruned=False,
-        pattern=rec.pattern,
-        reason=rec.reason,
-        message=rec.message,
-        source=rec.source,
-    )
 
 
 __all__ = [

@@ -14,8 +14,7 @@ from typing import Any
 import torch.fx
 
 from graphprune.analysis._labels import DL, Label, LabelState, Producer, TLabels
-from graphprune.analysis._rules_generic import (
-    GENERIC_RULES,
+from graphprune.analysis._rules_base import (
     Env,
     Rule,
     _arg,
@@ -27,6 +26,7 @@ from graphprune.analysis._rules_generic import (
     op_name,
     shape_of,
 )
+from graphprune.analysis._rules_generic import GENERIC_RULES
 
 
 def _weight_labels(st: LabelState, env: Env, w: Any) -> TLabels | None:
