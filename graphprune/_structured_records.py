@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from graphprune._modules import eval_mode
 from graphprune.analysis.groups import ChannelGroup
 from graphprune.errors import ValidationError
 from graphprune.passes.fx.remove_channels import get_tensor
@@ -51,14 +52,9 @@ def make_masked_equivalent(original: nn.Module, result: StructuredResult) -> nn.
 
 @contextlib.contextmanager
 def _eval(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, t in modes.items():
-            m.training = t
+    """Eval mode and no grad for the block (the modes are restored after)."""
+    with eval_mode(model), torch.no_grad():
+        yield
 
 
 

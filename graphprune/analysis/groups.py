@@ -32,6 +32,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from graphprune._modules import eval_mode
 from graphprune.analysis._labels import Blocker, HeadSplit, LabelState, Producer, node_source
 from graphprune.analysis.group_rules import RULES, apply_rule, op_name, shape_of
 from graphprune.errors import UnsupportedModelError
@@ -130,17 +131,6 @@ class GroupAnalysis:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes.items():
-            m.training = t
-
-
-@contextlib.contextmanager
 def _no_cache(model: nn.Module) -> Iterator[None]:
     """HF models return a KV cache object torch.export cannot flatten; analysis needs no cache."""
     cfg = getattr(model, "config", None)
@@ -157,7 +147,7 @@ def _no_cache(model: nn.Module) -> Iterator[None]:
 def export_for_analysis(model: nn.Module, example_inputs: Sequence[Any]) -> torch.export.ExportedProgram:
     """``torch.export.export(strict=False)`` in eval mode (the model's modes are restored after)."""
     try:
-        with _eval_mode(model), _no_cache(model), torch.no_grad():
+        with eval_mode(model), _no_cache(model), torch.no_grad():
             return torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as e:
         raise UnsupportedModelError(

@@ -182,6 +182,7 @@ def find_sites_in_graph(
     site, with K from that op (``x @ W``: axis 0). Name filters match the owning module's fqn or
     the parameter's. Weights that are tied or also read by another op are left out and logged.
     """
+    from graphprune._modules import eval_mode
     from graphprune.analysis.find_sites import find_sites
     from graphprune.capture import capture
 
@@ -189,13 +190,8 @@ def find_sites_in_graph(
     if isinstance(allowed_layer_names, str) or isinstance(disallowed_layer_names, str):
         raise ConfigError("allowed_layer_names / disallowed_layer_names must be lists of names, not one string")
     inputs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         scan = find_sites(capture(model, inputs, methods=("export", "fx")))
-    finally:
-        for m, t in modes.items():
-            m.training = t
     out: list[SiteEntry] = []
     for site in scan.sites:
         names = (site.module, site.param)

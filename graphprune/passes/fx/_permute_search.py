@@ -10,26 +10,16 @@ record; only ``_apply`` writes to the model.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from graphprune._modules import eval_mode
+
 if TYPE_CHECKING:
     from graphprune.passes.fx.permute_channels import GroupPermutation, PermuteChannelsConfig
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for mod, t in modes.items():
-            mod.training = t
 
 
 
@@ -80,7 +70,7 @@ def _apply(model: nn.Module, moves: list[Move], *, undo: bool = False) -> None:
 
 
 def _forward(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
-    with torch.no_grad(), _eval(model):
+    with torch.no_grad(), eval_mode(model):
         return model(*inputs)
 
 
