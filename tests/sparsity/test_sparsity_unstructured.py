@@ -105,13 +105,13 @@ def test_one_tensor_bracket_gives_the_exact_kth(monkeypatch, sparsity):
     monkeypatch.setattr(unstructured_mod, "_ONE_SAMPLED", 1000)
     monkeypatch.setattr(unstructured_mod, "_SMALL_SAMPLE", 512)
     calls = []
-    real = unstructured_mod._kth_of_one
-    monkeypatch.setattr(unstructured_mod, "_kth_of_one", lambda x, k: calls.append(k) or real(x, k))
+    real = unstructured_mod._kth_by_sampling
+    monkeypatch.setattr(unstructured_mod, "_kth_by_sampling", lambda *a: calls.append(a[-1]) or real(*a))
     for seed, ties in ((4, False), (5, True)):
         w = make_weight(seed, (90, 70), ties=ties)
         k = round(sparsity * w.numel())
         assert torch.equal(unstructured_mask(w, sparsity).reshape(-1), _naive_mask(w.reshape(-1), k))
-    assert calls, "the bracket path was not taken"
+    assert calls and set(calls) == {512}, "the one-tensor bracket path was not taken"
 
 
 def test_global_is_global_not_per_layer():
