@@ -314,12 +314,9 @@ def _audit(audit_mod: Any, onnx_path: Path, ctx: PassContext, sources: dict[str,
 
 
 def _structured(work: nn.Module, inputs: tuple[Any, ...], config: CompileConfig, ctx: PassContext) -> nn.Module:
-    from graphprune.structured import prune_structured
+    from graphprune.structured import prune_into_report
 
-    res = prune_structured(work, inputs, config.structured_patterns, include=config.include, exclude=config.exclude)
-    ctx.report.structured = [g.to_dict() for g in res.groups]
-    ctx.report.notes.append(f"structured: {res.summary()}")
-    ctx.report.notes.extend(f"structured: {n}" for n in res.notes)
+    res = prune_into_report(work, inputs, config, ctx.report)
     ctx.report.decisions.extend(res.decisions)
     return res.model
 

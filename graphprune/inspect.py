@@ -22,19 +22,14 @@ def inspect_model(model: nn.Module, example_inputs: tuple[Any, ...], config: Com
     those of the shrunk model.
     """
     config = config or CompileConfig()
-    structured: list[dict[str, Any]] = []
-    notes: list[str] = []
+    report = CompileReport(model=type(model).__name__, config=config.to_dict())
     if config.structured_patterns:
-        from graphprune.structured import prune_structured
+        from graphprune.structured import prune_into_report
 
-        res = prune_structured(model, tuple(example_inputs), config.structured_patterns, include=config.include, exclude=config.exclude)
-        structured = [g.to_dict() for g in res.groups]
-        notes = [f"structured: {res.summary()}", *res.notes]
+        prune_into_report(model, tuple(example_inputs), config, report)
     cap = capture(model.eval(), tuple(example_inputs))
+    report.capture = cap.record()
     scan = find_sites(cap)
-    report = CompileReport(model=type(model).__name__, capture=cap.record(), config=config.to_dict())
-    report.structured = structured
-    report.notes.extend(notes)
     for site in scan.sites:
         d, _ = decide(site, config)
         d.numel = d.numel or 0

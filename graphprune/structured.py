@@ -44,13 +44,13 @@ from graphprune._structured_records import (
 )
 from graphprune.analysis.group_importance import accumulate_activations, accumulate_taylor, batches, group_importance
 from graphprune.analysis.groups import ChannelGroup, GroupAnalysis, find_groups
-from graphprune.config import FFN, Channels, Heads, Hidden
+from graphprune.config import FFN, Channels, CompileConfig, Heads, Hidden
 from graphprune.errors import WeightError
 from graphprune.modules import SlimMultiheadAttention, class_name, slim_multihead_attention
 from graphprune.passes.fx.remove_channels import get_tensor, remove_channels
 from graphprune.passes.fx.remove_heads import update_attention_attrs, update_hf_config
 from graphprune.passes.fx.rescale_norms import rescale_rms_norm
-from graphprune.report import Decision, SkipReason
+from graphprune.report import CompileReport, Decision, SkipReason
 from graphprune.serialize import DELTA_FORMAT
 from graphprune.sparsity import structured as S
 
@@ -334,6 +334,17 @@ def prune_structured(
     return result
 
 
+def prune_into_report(model: nn.Module, example_inputs: tuple[Any, ...], config: CompileConfig, report: CompileReport) -> StructuredResult:
+    """:func:`prune_structured` with a ``CompileConfig``'s structured patterns and include/exclude globs;
+    the per-group records and the notes go into the ``CompileReport`` (``compile`` and ``inspect``
+    both shrink through here, so they report the same)."""
+    res = prune_structured(model, example_inputs, config.structured_patterns, include=config.include, exclude=config.exclude)
+    report.structured = [g.to_dict() for g in res.groups]
+    report.notes.append(f"structured: {res.summary()}")
+    report.notes.extend(f"structured: {n}" for n in res.notes)
+    return res
+
+
 __all__ = [
     "GroupRecord",
     "StructuredResult",
@@ -342,5 +353,6 @@ __all__ = [
     "group_importance",
     "group_key",
     "make_masked_equivalent",
+    "prune_into_report",
     "prune_structured",
 ]
