@@ -165,3 +165,20 @@ def test_compile_reports_the_structured_notes(tmp_path):
     res = graphprune.compile(model, inputs, CompileConfig(pattern=parse_pattern("channels:0.5,heads:0.5")), output_dir=tmp_path)
     assert res.ok and res.model.layer2.conv1.out_channels == 16
     assert "structured: heads:0.5: _ResidualCNN has no attention-head group, so this pattern removes nothing" in res.report.notes
+
+
+def test_config_without_head_dim_keeps_its_hidden_size():
+    # a config that derives the head width from hidden_size cannot take a pruned hidden size,
+    # whether or not heads were pruned too (heads arrive as a list from prune_structured)
+    from torch import nn
+    from transformers import PreTrainedConfig
+
+    from graphprune.passes.fx.remove_heads import update_hf_config
+
+    holder = nn.Module()
+    holder.config = PreTrainedConfig(hidden_size=64, num_attention_heads=4)
+    assert getattr(holder.config, "head_dim", None) is None
+    for heads in ([], [(4, 4, 2, 2)]):
+        changed, notes = update_hf_config(holder, heads=heads, hidden=[(64, 48)])
+        assert "hidden_size" not in changed and holder.config.hidden_size == 64
+        assert any("derives the head width from hidden_size" in n for n in notes)

@@ -127,7 +127,7 @@ def update_hf_config(
     if hidden:
         if len(hidden) != 1 or getattr(cfg, "hidden_size", None) != hidden[0][0]:
             notes.append("the pruned hidden size is not the config's single hidden_size: from_pretrained cannot rebuild it (use graphprune.load)")
-        elif getattr(cfg, "head_dim", None) is None and heads == () and getattr(cfg, "num_attention_heads", None):
+        elif getattr(cfg, "head_dim", None) is None and getattr(cfg, "num_attention_heads", None):
             notes.append(f"{type(cfg).__name__} derives the head width from hidden_size: from_pretrained cannot rebuild it (use graphprune.load)")
         else:
             old, new = hidden[0]
