@@ -314,7 +314,7 @@ class Plan:
         """
         plan = cls(meta={"source": "torch.nn.utils.prune"})
         if isinstance(source, nn.Module):
-            from graphprune.training.sites import module_k_axis
+            from graphprune.analysis.module_sites import module_k_axis
 
             for mname, module in source.named_modules():
                 for bname, buf in module.named_buffers(recurse=False):

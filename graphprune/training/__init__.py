@@ -5,6 +5,7 @@ The Hugging Face ``Trainer`` callback lives in :mod:`graphprune.training.hf_call
 transformers); nothing else here does.
 """
 
+from graphprune.analysis.module_sites import SiteEntry, find_prunable_sites
 from graphprune.training.asp import (
     ASP,
     PruningOrderError,
@@ -22,7 +23,6 @@ from graphprune.training.loop import TrainResult, train
 from graphprune.training.movement import Groups, MovementPruner
 from graphprune.training.oneshot import prune_oneshot
 from graphprune.training.schedules import Cubic, Iterative, OneShot, schedule_from_dict
-from graphprune.training.sites import SiteEntry, find_prunable_sites
 
 __all__ = [
     "ASP",

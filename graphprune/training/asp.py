@@ -27,18 +27,18 @@ from typing import Any
 
 from torch import nn
 
-from graphprune.errors import ConfigError
-from graphprune.training.asp_core import _INSTANCES, ASP, MASK_SUFFIX, PruningOrderError, _innermost_optimizer
-from graphprune.training.asp_core import PERM_SUFFIX as PERM_SUFFIX
-from graphprune.training.mask_calculators import MaskCalculator as MaskCalculator
-from graphprune.training.mask_calculators import MaskCalculatorSpec, resolve_mask_calculator
-from graphprune.training.sites import (
+from graphprune.analysis.module_sites import (
     DEFAULT_WHITELIST,
     SiteEntry,
     find_prunable_sites,
     module_k_axis,
     unwrap,
 )
+from graphprune.errors import ConfigError
+from graphprune.training.asp_core import _INSTANCES, ASP, MASK_SUFFIX, PruningOrderError, _innermost_optimizer
+from graphprune.training.asp_core import PERM_SUFFIX as PERM_SUFFIX
+from graphprune.training.mask_calculators import MaskCalculator as MaskCalculator
+from graphprune.training.mask_calculators import MaskCalculatorSpec, resolve_mask_calculator
 
 __all__ = [
     "ASP",

@@ -14,7 +14,7 @@ Invariants
 - Under ``torch.distributed`` masks are broadcast from rank 0 after they are computed, so every rank
   holds identical masks even if the ranks' weights differ by rounding.
 
-Sites are found by :func:`graphprune.training.sites.find_prunable_sites`, a walk over modules with a
+Sites are found by :func:`graphprune.analysis.module_sites.find_prunable_sites`, a walk over modules with a
 type whitelist and allowed/disallowed names; it is the one place to swap for the graph-based finder.
 """
 
@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphprune.analysis.module_sites import DEFAULT_WHITELIST, SiteEntry, find_prunable_sites, unwrap
 from graphprune.errors import ConfigError, GraphPruneError, InputError, WeightError
 from graphprune.plan import Plan, PlanSite
 from graphprune.training.mask_calculators import MaskCalculatorSpec, _Calculator, resolve_mask_calculator
-from graphprune.training.sites import DEFAULT_WHITELIST, SiteEntry, find_prunable_sites, unwrap
 
 # logged as graphprune.training.asp, the module users import ASP from (and set log levels for)
 log = logging.getLogger("graphprune.training.asp")

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphprune.analysis.module_sites import SiteEntry, _is_hf_conv1d
 from graphprune.errors import InputError
 from graphprune.sparsity.oneshot import HessianAccumulator, InputNormAccumulator
-from graphprune.training.sites import SiteEntry, _is_hf_conv1d
 
 __all__ = ["Layer", "default_forward", "describe_batch", "layer_for", "materialize", "to_device"]
 

@@ -40,12 +40,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from graphprune.analysis.module_sites import DEFAULT_WHITELIST, SiteEntry, find_prunable_sites, unwrap
 from graphprune.config import SemiStructured
 from graphprune.errors import ConfigError, InputError
 from graphprune.plan import Plan, PlanSite
 from graphprune.training.asp import PruningOrderError
 from graphprune.training.schedules import Cubic, Iterative, OneShot
-from graphprune.training.sites import DEFAULT_WHITELIST, SiteEntry, find_prunable_sites, unwrap
 
 __all__ = ["Groups", "MovementPruner", "hard_concrete_params"]
 

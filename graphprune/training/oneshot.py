@@ -35,12 +35,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from graphprune.analysis.module_sites import DEFAULT_WHITELIST, SiteEntry, find_prunable_sites, unwrap
 from graphprune.config import SemiStructured, Unstructured
 from graphprune.errors import ConfigError, GraphPruneError, InputError
 from graphprune.plan import Plan, PlanSite
 from graphprune.sparsity.oneshot import HessianAccumulator, InputNormAccumulator, sparsegpt_prune, wanda_mask
 from graphprune.training.calibration import Layer, default_forward, describe_batch, layer_for, materialize, to_device
-from graphprune.training.sites import DEFAULT_WHITELIST, SiteEntry, find_prunable_sites, unwrap
 
 __all__ = ["block_of", "describe_batch", "prune_oneshot"]
 

@@ -1,4 +1,4 @@
-"""Finding the weights to prune (the training side's site finder).
+"""Finding the weights to prune by walking modules (the training side and one-shot calibration use it).
 
 :func:`find_prunable_sites` is the one place that decides which weights the training APIs prune:
 ASP, gradual, movement and one-shot pruning all take their sites from it (or from an explicit list
