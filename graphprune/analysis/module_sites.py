@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphprune.analysis.k_axis import is_hf_conv1d as _is_hf_conv1d
+from graphprune.analysis.k_axis import module_k_axis
 from graphprune.errors import ConfigError
 
 __all__ = ["DEFAULT_WHITELIST", "HF_CONV1D", "SiteEntry", "find_prunable_sites", "find_sites_in_graph", "module_k_axis", "unwrap"]
@@ -50,34 +52,6 @@ class SiteEntry:
     @property
     def param(self) -> torch.Tensor:
         return getattr(self.module, self.param_name)  # type: ignore[no-any-return]
-
-
-def _is_hf_conv1d(module: nn.Module) -> bool:
-    t = type(module)
-    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
-
-
-def module_k_axis(
-    module: nn.Module, param_name: str = "weight", custom: Mapping[type, int] | None = None
-) -> int | None:
-    """The reduction axis K of ``module.<param_name>``, or None for modules we do not know.
-
-    Linear ``[out, in]`` and Conv ``[out, in/g, *k]``: 1; transformers ``Conv1D`` ``[in, out]`` and
-    ConvTranspose ``[in, out/g, *k]``: 0.
-    """
-    if param_name != "weight":
-        return None
-    if custom:
-        for t, k in custom.items():
-            if isinstance(module, t):
-                return k
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return 1
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return 0
-    if _is_hf_conv1d(module):
-        return 0
-    return None
 
 
 def _type_matches(module: nn.Module, entry: Any) -> bool:
@@ -182,7 +156,7 @@ def find_sites_in_graph(
     site, with K from that op (``x @ W``: axis 0). Name filters match the owning module's fqn or
     the parameter's. Weights that are tied or also read by another op are left out and logged.
     """
-    from graphprune._modules import eval_mode
+    from graphprune._module_tensors import eval_mode
     from graphprune.analysis.find_sites import find_sites
     from graphprune.capture import capture
 
