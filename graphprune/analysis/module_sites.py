@@ -14,10 +14,9 @@ axis 1; transformers ``Conv1D`` ``[in, out]`` and ConvTranspose ``[in, out/g, *k
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 from graphprune.analysis.k_axis import is_hf_conv1d as _is_hf_conv1d
 from graphprune.analysis.k_axis import module_k_axis
 from graphprune.errors import ConfigError
+from graphprune.selector import matches_any
 
 __all__ = ["DEFAULT_WHITELIST", "HF_CONV1D", "SiteEntry", "find_prunable_sites", "find_sites_in_graph", "module_k_axis", "unwrap"]
 
@@ -63,10 +63,6 @@ def _type_matches(module: nn.Module, entry: Any) -> bool:
         t = type(module)
         return entry in (t.__name__, f"{t.__module__}.{t.__qualname__}")
     raise ConfigError(f"whitelist entries must be module types or type names, got {entry!r}")
-
-
-def _name_matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -110,9 +106,9 @@ def find_prunable_sites(
     for name, module in model.named_modules():
         if not any(_type_matches(module, w) for w in whitelist):
             continue
-        if allowed_layer_names is not None and not _name_matches(name, allowed_layer_names):
+        if allowed_layer_names is not None and not matches_any(name, allowed_layer_names):
             continue
-        if _name_matches(name, disallowed_layer_names):
+        if matches_any(name, disallowed_layer_names):
             continue
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or weight.dim() < 2 or id(weight) in seen:
@@ -169,9 +165,9 @@ def find_sites_in_graph(
     out: list[SiteEntry] = []
     for site in scan.sites:
         names = (site.module, site.param)
-        if allowed_layer_names is not None and not any(_name_matches(n, allowed_layer_names) for n in names):
+        if allowed_layer_names is not None and not any(matches_any(n, allowed_layer_names) for n in names):
             continue
-        if any(_name_matches(n, disallowed_layer_names) for n in names):
+        if any(matches_any(n, disallowed_layer_names) for n in names):
             continue
         if site.ties or site.extra.get("other_uses"):
             shared = ", ".join(site.ties) if site.ties else f"also read by {site.extra['other_uses']}"
