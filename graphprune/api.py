@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,32 +118,42 @@ def compile(
 
     ``example_inputs``: a tensor or tuple of positional inputs of realistic shape (they fix the
     shapes used for capture, FLOPs, export and parity). ``output_dir``: where ``model.onnx``,
-    ``pruned.pt2`` and ``report.json`` go (a fresh temporary folder when None). Raises
+    ``pruned.pt2`` and ``report.json`` go; when None, a temporary folder that lives as long as the
+    returned result (removed when the result is garbage-collected, or at once on failure). Raises
     ``ValidationError`` when a rewrite or the export does not compute what the pruned model
     computes; the report is still attached to the exception as ``.report``.
     """
     config = config or CompileConfig()
-    out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="graphprune-"))
-    ctx = _context(
-        model, example_inputs, config, model_name, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None, output_dir=out_dir
-    )
-    prepare_output_dir(out_dir)
-    stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule), progress=progress)
+    scratch = tempfile.TemporaryDirectory(prefix="graphprune-") if output_dir is None else None
+    out_dir = Path(output_dir) if output_dir is not None else Path(scratch.name)  # type: ignore[union-attr]
     try:
-        work = run_stages(stages, model, ctx)
-    except GraphPruneError as e:
-        e.report = ctx.report  # type: ignore[attr-defined]
+        ctx = _context(
+            model, example_inputs, config, model_name, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None, output_dir=out_dir
+        )
+        prepare_output_dir(out_dir)
+        stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule), progress=progress)
+        try:
+            work = run_stages(stages, model, ctx)
+        except GraphPruneError as e:
+            e.report = ctx.report  # type: ignore[attr-defined]
+            raise
+        report = ctx.report
+        report.outputs["report"] = str(out_dir / "report.json")
+        report.to_json(out_dir / "report.json")
+    except BaseException:
+        if scratch is not None:
+            scratch.cleanup()
         raise
-    report = ctx.report
-    report.outputs["report"] = str(out_dir / "report.json")
-    report.to_json(out_dir / "report.json")
-    return CompileResult(
+    result = CompileResult(
         model=work,
         onnx_path=ctx.artifacts.get("onnx_path"),
         report=report,
         validation=_validation(report),
         output_dir=out_dir,
     )
+    if scratch is not None:  # the files live as long as the result that names them
+        weakref.finalize(result, scratch.cleanup)
+    return result
 
 
 def _validation(report: CompileReport) -> dict[str, Any]:

@@ -100,8 +100,10 @@ class DecideReport:
 @register_pass("decide")
 def decide_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResult:
     """Give every site one Decision: pruned with a pattern, or skipped with a reason."""
+    shrunk = ctx.artifacts.get("shrunk_from", {})
     for name, site in ctx.sites.items():
         decision, pattern = decide(site, ctx.config)
+        decision.shrunk_from = shrunk.get(name)
         ctx.decisions[name] = decision
         if pattern is not None:
             ctx.patterns[name] = pattern

@@ -41,5 +41,8 @@ def shrink_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResu
     ctx.report.notes.extend(f"structured: {n}" for n in res.notes)
     ctx.report.decisions.extend(res.decisions)
     ctx.artifacts["structured_delta"] = res.delta
+    ctx.artifacts["shrunk_from"] = {
+        t: tuple(shape) for t, shape in res.original_shapes.items() if list(shape) != res.delta["tensors"].get(t, shape)
+    }
     pruned = sum(g.pruned for g in res.groups)
     return PassResult(res.model, modified=pruned > 0, report=ShrinkReport(pruned, res.params_before, res.params_after))
