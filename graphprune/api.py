@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphprune._io import atomic_write
+from graphprune.io.files import atomic_write
 from graphprune._modules import get_param
 from graphprune.analysis.decide import decide, unsupported_decision
 from graphprune.analysis.find_sites import find_sites

@@ -117,7 +117,7 @@ def bench_model(
     if flops.get("flops"):
         report.settings["flops"] = flops["flops"]
         report.settings["flops_on_zeros"] = flops["flops_on_zeros"]
-    from graphprune._io import atomic_write_text
+    from graphprune.io.files import atomic_write_text
 
     if chart:
         try:
@@ -156,7 +156,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """CLI handler: load, bench, print the table and where the files went."""
     from graphprune.api import prepare_output_dir
     from graphprune.config import CompileConfig, parse_pattern
-    from graphprune.inputs import load_model
+    from graphprune.io.loaders import load_model
 
     config = CompileConfig.from_json(args.config) if getattr(args, "config", None) else CompileConfig()
     if args.pattern:

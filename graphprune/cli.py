@@ -121,7 +121,7 @@ def _default_name(source: str) -> str:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from graphprune.api import compile as gp_compile
     from graphprune.api import prepare_output_dir
-    from graphprune.inputs import load_model
+    from graphprune.io.loaders import load_model
 
     config = _config(args)
     out = args.output or Path("graphprune-out") / _default_name(args.model)
@@ -207,7 +207,7 @@ def _compile_onnx(path: Path, out: Path, config: Any, args: argparse.Namespace) 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from graphprune.api import copy_model
-    from graphprune.inputs import load_model
+    from graphprune.io.loaders import load_model
     from graphprune.inspect import inspect_model
 
     config = _config(args)

@@ -50,7 +50,7 @@ import torch
 import torch.utils._pytree as pytree
 from onnx import numpy_helper
 
-from graphprune._io import atomic_write
+from graphprune.io.files import atomic_write
 from graphprune.errors import InputError, OutputError, UnsupportedModelError, ValidationError
 
 __all__ = ["ExportRecord", "export_onnx", "forward_input_names", "needs_external_data", "save_onnx"]

@@ -38,7 +38,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from graphprune._io import atomic_write
+from graphprune.io.files import atomic_write
 from graphprune.config import SemiStructured, Unstructured, parse_pattern
 from graphprune.errors import ConfigError, OutputError, ValidationError
 from graphprune.report import Decision, SkipReason

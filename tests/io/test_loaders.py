@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from graphprune.errors import ConfigError, InputError
-from graphprune.inputs import load_model, parse_input_shape
+from graphprune.io.loaders import load_model, parse_input_shape
 
 
 def _mlp():
