@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from graphprune.errors import ConfigError, InputError
+from graphprune.io.files import check_zip_sizes
 
 KindT = Literal["pt2", "torchscript", "onnx", "factory", "pickle"]
 
@@ -107,11 +108,15 @@ def load_model(
             "it may be corrupt or truncated"
         )
     try:
-        names = zipfile.ZipFile(path).namelist()
-    except zipfile.BadZipFile as e:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            check_zip_sizes(zf, text)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise InputError(f"model file {text} is a corrupt zip archive: {e}") from e
-    if any(n.endswith("archive_format") or n.endswith("serialized_exported_program.json") for n in names):
-        return _load_pt2(path, shaped)
+    if any(n.endswith("archive_format") for n in names):
+        return _load_pt2(path, shaped, trust_pickle)
+    if any(n.endswith("serialized_exported_program.json") for n in names):
+        return _load_legacy_pt2(path, shaped, trust_pickle)
     if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") or n.endswith("data.pkl") for n in names):
         return _load_torchscript(path, shaped)
     if any(n.endswith("data.pkl") for n in names):
@@ -156,19 +161,45 @@ def _need_inputs(path: Path | str, kind: str, shaped: tuple[torch.Tensor, ...] |
     return shaped
 
 
-def _load_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as e:
-        raise InputError(f"ExportedProgram {path} cannot be loaded (corrupt or from an incompatible torch): {e}") from e
+def _load_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: bool) -> LoadedModel:
+    from graphprune.io.pt2 import read_pt2
+
+    contents = read_pt2(path, trust_pickle=trust, sample_inputs=shaped is None)
     example: tuple[Any, ...] | None = shaped
-    if example is None and getattr(ep, "example_inputs", None) is not None:
-        args, kwargs = ep.example_inputs
+    if example is None and contents.example_inputs is not None:
+        args, kwargs = contents.example_inputs
         if kwargs:
             raise InputError(f"ExportedProgram {path} was exported with keyword inputs; pass --input-shape for each input")
         example = tuple(args)
     example = _need_inputs(path, "ExportedProgram", example)  # type: ignore[arg-type]
-    return LoadedModel("pt2", str(path), path, ep.module(), example)
+    try:
+        module = contents.program.module()
+    except Exception as e:
+        raise InputError(f"ExportedProgram {path} cannot be turned into a module: {_first_line(e)}") from e
+    return LoadedModel("pt2", str(path), path, module, example)
+
+
+def _load_legacy_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: bool) -> LoadedModel:
+    """torch < 2.8 archives store the state dict and example inputs as pickles: trusted files only."""
+    if not trust:
+        raise InputError(
+            f"{path} is an ExportedProgram in the old (torch < 2.8) format, whose weights are pickled; unpickling "
+            "runs code from the file. Re-save it with torch.export.save on this torch, or, only if you trust the "
+            "file, pass --trust-pickle"
+        )
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise InputError(f"ExportedProgram {path} cannot be loaded: {_first_line(e)}") from e
+    example: tuple[Any, ...] | None = shaped
+    if example is None and getattr(ep, "example_inputs", None) is not None:
+        example = tuple(ep.example_inputs[0])
+    return LoadedModel("pt2", str(path), path, ep.module(), _need_inputs(path, "ExportedProgram", example))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def _load_torchscript(path: Path, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
