@@ -12,6 +12,7 @@ A bare state_dict is recognized and rejected: it has no architecture.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import zipfile
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from graphprune.errors import ConfigError, InputError
-from graphprune.io.files import check_zip_sizes
+from graphprune.io.files import available_memory, check_zip_sizes
 
 KindT = Literal["pt2", "torchscript", "onnx", "factory", "pickle"]
 
@@ -51,27 +52,51 @@ class LoadedModel:
 
 
 def parse_input_shape(spec: str, *, seed: int = 0) -> torch.Tensor:
-    """``"1,3,224,224"`` / ``"2x16:int64"`` / ``"2x16:int64:30522"`` -> a seeded example tensor."""
+    """``"1,3,224,224"`` / ``"2x16:int64"`` / ``"2x16:int64:30522"`` -> a seeded example tensor.
+
+    ``HIGH`` (integer dtypes only) is the exclusive upper bound of the random values (default 100).
+    A tensor larger than the memory available is refused before it is allocated.
+    """
+    form = "SHAPE[:DTYPE[:HIGH]], e.g. 1,3,224,224 or 2x16:int64:30522"
     parts = spec.split(":")
-    shape_text = parts[0].replace("x", ",")
+    if len(parts) > 3:
+        raise ConfigError(f"--input-shape {spec!r}: expected {form}")
+    items = parts[0].replace("x", ",").split(",")
     try:
-        shape = tuple(int(s) for s in shape_text.split(",") if s.strip())
+        shape = tuple(int(s) for s in items)
     except ValueError:
-        raise ConfigError(
-            f"--input-shape {spec!r}: shape must be integers like 1,3,224,224 (optionally :dtype[:high])"
-        ) from None
+        raise ConfigError(f"--input-shape {spec!r}: the shape must be integers; expected {form}") from None
     if not shape or any(s <= 0 for s in shape):
         raise ConfigError(f"--input-shape {spec!r}: every dimension must be a positive integer")
     dtype_name = parts[1] if len(parts) > 1 and parts[1] else "float32"
     if dtype_name not in _DTYPES:
         raise ConfigError(f"--input-shape {spec!r}: dtype {dtype_name!r} is not one of {sorted(_DTYPES)}")
     dtype = _DTYPES[dtype_name]
+    integer = not dtype.is_floating_point and dtype != torch.bool
+    high = 100
+    if len(parts) > 2:
+        if not integer:
+            raise ConfigError(f"--input-shape {spec!r}: HIGH applies to integer dtypes only, not {dtype_name}")
+        try:
+            high = int(parts[2])
+        except ValueError:
+            raise ConfigError(f"--input-shape {spec!r}: HIGH {parts[2]!r} must be an integer >= 1") from None
+        if high < 1:
+            raise ConfigError(f"--input-shape {spec!r}: HIGH is the exclusive upper bound of the values, must be >= 1, got {high}")
+        if high > torch.iinfo(dtype).max:
+            raise ConfigError(f"--input-shape {spec!r}: HIGH {high} does not fit in {dtype_name}")
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    avail = available_memory()
+    if nbytes > (avail if avail is not None else 2**62):
+        raise ConfigError(
+            f"--input-shape {spec!r} needs {nbytes / 2**30:.3g} GiB, more than the memory available "
+            f"({(avail or 0) / 2**30:.3g} GiB); give a smaller shape"
+        )
     gen = torch.Generator().manual_seed(seed)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=gen).to(dtype)
     if dtype == torch.bool:
         return torch.ones(shape, dtype=torch.bool)
-    high = int(parts[2]) if len(parts) > 2 else 100
     return torch.randint(0, high, shape, generator=gen, dtype=dtype)
 
 
@@ -81,7 +106,18 @@ def load_model(
     trust_pickle: bool = False,
     input_shapes: Sequence[str] = (),
 ) -> LoadedModel:
-    """Load ``source`` (a path or ``package.module:callable``); errors name the file and say what to do."""
+    """Load ``source`` (a path or ``package.module:callable``); errors name the file and say what to do.
+
+    Nothing is unpickled with ``weights_only=False`` unless ``trust_pickle`` is True: a ``.pt2`` is read
+    by :func:`graphprune.io.pt2.read_pt2`, a ``torch.save`` file with ``weights_only=True``.
+    """
+    try:
+        return _load(source, trust_pickle, input_shapes)
+    except OSError as e:
+        raise InputError(f"model file {source} cannot be read: {e.strerror or e}") from e
+
+
+def _load(source: str | os.PathLike[str], trust_pickle: bool, input_shapes: Sequence[str]) -> LoadedModel:
     text = str(source)
     path = Path(text)
     shaped = tuple(parse_input_shape(s, seed=i) for i, s in enumerate(input_shapes)) or None
@@ -244,20 +280,42 @@ def _load_pickle(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: boo
     return LoadedModel("pickle", str(path), path, obj, _need_inputs(path, "pickled", shaped))
 
 
+def _import_factory_module(spec: str, mod_name: str) -> Any:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)  # last: a local file named like a dependency must not shadow it
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            raise InputError(f"factory {spec}: cannot import module {mod_name!r}: {e}") from e
+        raise InputError(f"factory {spec}: importing {mod_name!r} failed: {_first_line(e)}") from e
+    except MemoryError:
+        raise
+    except SystemExit as e:
+        raise InputError(f"factory {spec}: importing {mod_name!r} called sys.exit({e.code!r})") from None
+    except Exception as e:  # SyntaxError, or anything the module raises while it is imported
+        raise InputError(f"factory {spec}: importing {mod_name!r} failed: {_first_line(e)}") from e
+
+
 def _load_factory(spec: str, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
     mod_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise InputError(f"factory {spec}: cannot import module {mod_name!r}: {e}") from e
+    mod = _import_factory_module(spec, mod_name)
     obj: Any = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise InputError(f"factory {spec}: module {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    result = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    try:
+        result = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    except MemoryError:
+        raise
+    except SystemExit as e:
+        raise InputError(
+            f"factory {spec} called sys.exit({e.code!r}) instead of returning (model, example_inputs)"
+        ) from None
+    except Exception as e:
+        raise InputError(f"factory {spec} raised {_first_line(e)}") from e
     model: Any
     example: Any
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
@@ -266,6 +324,8 @@ def _load_factory(spec: str, shaped: tuple[torch.Tensor, ...] | None) -> LoadedM
             example = shaped
         if isinstance(example, torch.Tensor):
             example = (example,)
+        if isinstance(example, list):
+            example = tuple(example)
         if not isinstance(example, tuple):
             raise InputError(f"factory {spec}: example inputs must be a tuple of tensors, got {type(example).__name__}")
     elif isinstance(result, nn.Module):
