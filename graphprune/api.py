@@ -16,6 +16,7 @@ import copy
 import logging
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,13 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphprune.io.files import atomic_write
 from graphprune._modules import get_param
 from graphprune.analysis.decide import decide, unsupported_decision
 from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
-from graphprune.config import CompileConfig, SemiStructured
-from graphprune.errors import InputError, OutputError, UnsupportedModelError, ValidationError
+from graphprune.config import CompileConfig, SemiStructured, as_config
+from graphprune.errors import InputError, UnsupportedModelError, ValidationError
+from graphprune.io.checks import check_finite
+from graphprune.io.pt2 import write_pt2
+from graphprune.io.staging import StagedOutput, check_output_target, staged_output
 from graphprune.passes.base import PassContext, run_pass
 from graphprune.passes.fx.apply_masks import apply_masks
 from graphprune.passes.fx.compute_masks import compute_masks
@@ -112,14 +115,20 @@ def compile(
     ``ValidationError`` when a rewrite or the export does not compute what the pruned model
     computes; the report is still attached to the exception as ``.report``.
     """
+    out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.gettempdir()) / f"graphprune-{uuid.uuid4().hex[:12]}"
+    with staged_output(out_dir) as stage:
+        return _compile(model, example_inputs, as_config(config), stage, progress=progress, dump_dir=dump_dir, model_name=model_name)
+
+
+def _compile(
+    model: nn.Module, example_inputs: Any, config: CompileConfig, stage: StagedOutput, *,
+    progress: bool, dump_dir: str | Path | None, model_name: str | None,
+) -> CompileResult:
     from graphprune.runtime import compare
 
-    config = config or CompileConfig()
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
-    out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="graphprune-"))
-    prepare_output_dir(out_dir)
     report = CompileReport(model=model_name or type(model).__name__, config=config.to_dict())
     ctx = PassContext(inputs, report=report, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None)
     validation: dict[str, Any] = {}
@@ -127,6 +136,7 @@ def compile(
     with _stage(report, "copy"):
         work = copy_model(model)
         work.eval()
+        check_finite(work, inputs, label=report.model)  # NaN/Inf weights or overflow: before any pruning work
 
     if config.structured_patterns:
         with _stage(report, "structured"):
@@ -200,10 +210,10 @@ def compile(
         from graphprune.runtime import export as export_mod
         from graphprune.runtime import ort
 
-        onnx_path = out_dir / "model.onnx"
+        onnx_path = stage.file("model.onnx")
         with _stage(report, "export"):
             rec = export_mod.export_onnx(folded, inputs, onnx_path, opset=config.opset)
-            report.outputs["onnx"] = str(onnx_path)
+            report.outputs["onnx"] = str(stage.final("model.onnx"))
             report.capture["onnx_exporter"] = rec.exporter
         with _stage(report, "audit"):
             aud = _audit(audit_mod, onnx_path, ctx, rec.initializer_sources)
@@ -223,15 +233,16 @@ def compile(
             )
 
     with _stage(report, "save"):
-        saved = _save_pt2(folded if config.form == "folded" else work, inputs, out_dir / "pruned.pt2")
+        saved = _save_pt2(folded if config.form == "folded" else work, inputs, stage.file("pruned.pt2"))
         if saved:
-            report.outputs["pt2"] = str(out_dir / "pruned.pt2")
+            report.outputs["pt2"] = str(stage.final("pruned.pt2"))
         else:
             report.notes.append("pruned.pt2 not written: the pruned model could not be re-exported with torch.export")
-    report.outputs["report"] = str(out_dir / "report.json")
-    report.to_json(out_dir / "report.json")
+    report.outputs["report"] = str(stage.final("report.json"))
+    report.to_json(stage.file("report.json"))
     del reference
-    return CompileResult(model=work, onnx_path=onnx_path, report=report, validation=validation, output_dir=out_dir)
+    final_onnx = stage.final("model.onnx") if onnx_path is not None else None
+    return CompileResult(model=work, onnx_path=final_onnx, report=report, validation=validation, output_dir=stage.target)
 
 
 def _attach(err: ValidationError, report: CompileReport) -> ValidationError:
@@ -240,22 +251,8 @@ def _attach(err: ValidationError, report: CompileReport) -> ValidationError:
 
 
 def prepare_output_dir(out_dir: Path, *, inputs: tuple[Path, ...] = ()) -> None:
-    """Create ``out_dir`` and refuse locations that are unwritable or would overwrite an input."""
-    outputs = [out_dir / n for n in ("model.onnx", "pruned.pt2", "report.json")]
-    for src in inputs:
-        src_r = src.resolve()
-        if src_r == out_dir.resolve() or any(o.resolve() == src_r for o in outputs):
-            raise OutputError(
-                f"output {out_dir} would overwrite the input {src}; choose another -o directory"
-            )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output path {out_dir} exists and is not a directory; give a directory with -o")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".graphprune-probe-", delete=True)
-        probe.close()
-    except OSError as e:
-        raise OutputError(f"output directory {out_dir} is not writable: {e.strerror or e}") from e
+    """Refuse output locations that are unwritable or would overwrite an input (nothing is created)."""
+    check_output_target(out_dir, inputs=inputs)
 
 
 def _audit(audit_mod: Any, onnx_path: Path, ctx: PassContext, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -329,5 +326,5 @@ def _save_pt2(model: nn.Module, inputs: tuple[Any, ...], path: Path) -> bool:
     except Exception as e:
         log.warning("pruned model could not be re-exported for pruned.pt2: %s", e)
         return False
-    atomic_write(path, lambda p: torch.export.save(ep, str(p)))
+    write_pt2(path, ep)  # a full disk is an OutputError, not a C++ abort
     return True

@@ -391,7 +391,7 @@ _PATTERN_ALLOWED = "a pattern string such as '2:4', a pattern object, a dict wit
 
 def _coerce_pattern_item(item: Any, *, where: str) -> tuple[Pattern, ...]:
     if isinstance(item, tuple(PATTERN_TYPES.values())):
-        return (item,)
+        return (item,)  # type: ignore[return-value]
     if isinstance(item, str):
         return parse_pattern(item, _check=False)
     if isinstance(item, Mapping):
@@ -492,6 +492,7 @@ def _number(x: float) -> str:
 
 def pattern_to_str(p: Pattern) -> str:
     """The pattern string of ``p`` (see the module docstring); ``parse_pattern`` reads it back."""
+    main: tuple[str, ...]
     if isinstance(p, SemiStructured):
         text, main = f"{p.n}:{p.m}", ("n", "m")
     else:

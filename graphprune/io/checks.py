@@ -97,7 +97,7 @@ def check_finite(model: nn.Module, inputs: tuple[Any, ...], *, label: str = "the
     """
     check_finite_weights(model)
     for i, t in enumerate(pytree.tree_leaves(inputs)):
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and sum(_bad_counts(t)):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and any(_bad_counts(t)):
             raise InputError(f"example input {i} (shape {tuple(t.shape)}) holds NaN or Inf values; give finite inputs")
     try:
         with torch.no_grad():

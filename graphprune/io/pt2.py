@@ -23,15 +23,18 @@ Sizes are checked before anything is inflated (see :func:`graphprune.io.files.ch
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
 import os
 import re
+import shutil
 import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +42,7 @@ import torch
 from graphprune.errors import InputError
 from graphprune.io.files import check_zip_sizes
 
-__all__ = ["Pt2Contents", "check_program_json", "read_pt2"]
+__all__ = ["Pt2Contents", "check_program_json", "is_pt2", "read_pt2", "write_pt2"]
 
 # torch.export.pt2_archive.constants, spelled out so that reading them needs no torch internals
 _WEIGHTS_DIR = "data/weights/"
@@ -157,7 +160,7 @@ class _Archive:
             view = memoryview(buf)
             pos = 0
             while pos < len(buf):
-                n = f.readinto(view[pos:])
+                n = f.readinto(view[pos:])  # type: ignore[attr-defined]
                 if not n:
                     raise InputError(f"{self.label}: entry {name!r} is truncated")
                 pos += n
@@ -344,3 +347,31 @@ def is_pt2(path: str | os.PathLike[str]) -> bool:
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
 
+
+
+def write_pt2(path: str | os.PathLike[str], program: torch.export.ExportedProgram) -> None:
+    """``torch.export.save`` to ``path`` atomically, with a full disk an OutputError, not an abort.
+
+    torch's zip writer aborts the process (C++ ``terminate``) when a write fails, also when given a
+    Python file object. The archive is therefore built in memory and written from Python when
+    there is memory for a second copy of the weights; otherwise the free disk space is checked
+    first and torch writes the file itself.
+    """
+    from graphprune.io.files import atomic_write, atomic_write_bytes, available_memory, output_error
+
+    target = Path(path)
+    size = sum(t.numel() * t.element_size() for t in program.state_dict.values() if isinstance(t, torch.Tensor))
+    size += sum(t.numel() * t.element_size() for t in program.constants.values() if isinstance(t, torch.Tensor))
+    avail = available_memory()
+    if avail is None or 2 * size + (256 << 20) < avail:
+        buf = io.BytesIO()
+        torch.export.save(program, buf)
+        atomic_write_bytes(target, buf.getvalue())
+        return
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError as e:
+        raise output_error(target, e) from e
+    if free < size + (64 << 20):
+        raise output_error(target, OSError(errno.ENOSPC, "No space left on device"))
+    atomic_write(target, lambda p: torch.export.save(program, str(p)))

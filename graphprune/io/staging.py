@@ -41,6 +41,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "StagedOutput",
     "check_output_target",
+    "output_folder",
     "staged_output",
     "write_failed_report",
 ]
@@ -72,7 +73,16 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def check_output_target(target: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+def output_folder(text: str) -> Path:
+    """An ``-o`` argument: a folder path, never empty text (``Path("")`` would be the current folder)."""
+    if not str(text).strip():
+        raise ConfigError("the output folder is empty text; give a folder with -o (e.g. -o out/model)")
+    return Path(text)
+
+
+def check_output_target(
+    target: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (), option: str = "-o"
+) -> Path:
     """Refuse an output folder that is empty text, not a folder, unwritable, or would overwrite an input.
 
     ``inputs``: the files the run reads (the model, its external data, a config file). The target
@@ -80,25 +90,25 @@ def check_output_target(target: str | os.PathLike[str], *, inputs: Iterable[str 
     is one of them (also through a link). Returns the target as a Path.
     """
     if str(target).strip() == "":
-        raise ConfigError("the output folder is empty text; give a folder with -o (e.g. -o out/model)")
+        raise ConfigError(f"the output folder is empty text; give a folder with {option} (e.g. {option} out/model)")
     out = Path(target)
     for src in (Path(p) for p in inputs):
         if not src.exists():
             continue
         if _same(out, src) if out.exists() else out.resolve() == src.resolve():
-            raise OutputError(f"output {out} is the input {src}; choose another -o folder")
+            raise OutputError(f"output {out} is the input {src}; choose another {option} folder")
         for name in OUTPUT_NAMES:
             if (out / name).exists() and _same(out / name, src):
-                raise OutputError(f"output {out} would overwrite the input {src} (as {name}); choose another -o folder")
+                raise OutputError(f"output {out} would overwrite the input {src} (as {name}); choose another {option} folder")
     if out.is_symlink() and not out.exists():
-        raise OutputError(f"output path {out} is a dangling symbolic link; give a folder with -o")
+        raise OutputError(f"{option} {out} is a dangling symbolic link; give a folder")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} exists and is not a folder; give a folder with -o")
+        raise OutputError(f"{option} {out} exists and is not a folder; give a folder")
     anchor = out if out.exists() else _existing_ancestor(out)
     if anchor is None or not anchor.is_dir():
-        raise OutputError(f"output folder {out} cannot be created: {anchor} is not a folder")
+        raise OutputError(f"{option} {out} cannot be created: {anchor} is not a folder")
     if not os.access(anchor, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {out} is not writable: no write permission on {anchor}")
+        raise OutputError(f"{option} {out} is not writable: no write permission on {anchor}")
     return out
 
 
@@ -257,15 +267,28 @@ def staged_output(
     token = _ACTIVE.set((*_ACTIVE.get(), stage))
     try:
         yield stage
-    except BaseException:
+    except BaseException as e:
         _ACTIVE.reset(token)
         stage.discard()
+        _record_failure(e, stage.target)
         raise
     _ACTIVE.reset(token)
     try:
         stage.commit()
     finally:
         stage.discard()
+
+
+def _record_failure(e: BaseException, target: Path) -> None:
+    """A failed run that carries its report (``e.report``) leaves it in ``TARGET/report.failed.json``
+    (``e.failed_report`` says where); writing it must not hide the error itself."""
+    report = getattr(e, "report", None)
+    if report is None or not hasattr(report, "to_json") or getattr(e, "failed_report", None) is not None:
+        return
+    try:
+        e.failed_report = write_failed_report(target, report.to_json())  # type: ignore[attr-defined]
+    except Exception:
+        pass
 
 
 def write_failed_report(target: str | os.PathLike[str], text: str) -> Path:

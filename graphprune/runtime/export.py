@@ -50,8 +50,8 @@ import torch
 import torch.utils._pytree as pytree
 from onnx import numpy_helper
 
-from graphprune.io.files import atomic_write
 from graphprune.errors import InputError, OutputError, UnsupportedModelError, ValidationError
+from graphprune.io.files import atomic_write
 
 __all__ = ["ExportRecord", "export_onnx", "forward_input_names", "needs_external_data", "save_onnx"]
 

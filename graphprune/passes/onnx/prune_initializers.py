@@ -38,9 +38,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from graphprune.io.files import atomic_write
 from graphprune.config import SemiStructured, Unstructured, parse_pattern
 from graphprune.errors import ConfigError, OutputError, ValidationError
+from graphprune.io.files import atomic_write
 from graphprune.report import Decision, SkipReason
 from graphprune.runtime.audit import (
     AuditReport,
