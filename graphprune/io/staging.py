@@ -26,6 +26,7 @@ inner block writes into the outer stage and the outer block commits.
 from __future__ import annotations
 
 import contextvars
+import glob
 import os
 import shutil
 import tempfile
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from graphprune.errors import ConfigError, OutputError
-from graphprune.io.files import atomic_write_text, dir_mode, output_error, pid_alive, tagged_pid
+from graphprune.io.files import atomic_write_text, dir_mode, output_error, pid_alive, remove_stale_tmp_files, tagged_pid
 
 __all__ = [
     "FAILED_REPORT",
@@ -214,6 +215,7 @@ class StagedOutput:
                 self._created = []
                 return
             self._swap(stage, target, new)
+            self._remove_stale_tmp_files(target)
         except OSError as e:
             raise output_error(target, e, "replace the files in") from e
         finally:
@@ -221,6 +223,15 @@ class StagedOutput:
                 shutil.rmtree(self._path, ignore_errors=True)
                 self._path = None
         self._created = []
+
+    def _remove_stale_tmp_files(self, target: Path) -> None:
+        """Temporary files of killed writers in the target: ours (dead pid) and those of graphprune < 0.2
+        (``.model.tmp-XXXX.onnx``, no pid: every such name is a graphprune temporary)."""
+        for name in OUTPUT_NAMES:
+            remove_stale_tmp_files(target / name)
+            stem, suffix = os.path.splitext(name)
+            for p in target.glob(f".{glob.escape(stem)}.tmp-*{glob.escape(suffix)}"):
+                p.unlink(missing_ok=True)
 
     def _swap(self, stage: Path, target: Path, new: list[str]) -> None:
         old = [n for n in sorted(OUTPUT_NAMES) if (target / n).exists() or (target / n).is_symlink()]
