@@ -326,6 +326,28 @@ def _message(e: BaseException) -> str:
             "and the output of --debug (which shows the traceback)")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (main() may run many times in one process)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -350,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help / --version (0), usage errors (2): argparse has printed them
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    _log_to_stderr()
     # stage progress ("capture ...", "export ...") goes to stderr; -v adds the details
     logging.getLogger("graphprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {"compile": _cmd_compile, "inspect": _cmd_inspect, "audit": _cmd_audit}
