@@ -278,9 +278,15 @@ def read_pt2(
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise InputError(f"{label} is not a readable zip archive: {e}") from e
     with zf:
-        check_zip_sizes(zf, label)
-        arc = _Archive(zf, _archive_prefix(zf, label), label)
-        return _read(arc, trust_pickle, sample_inputs)
+        try:
+            check_zip_sizes(zf, label)
+            arc = _Archive(zf, _archive_prefix(zf, label), label)
+            return _read(arc, trust_pickle, sample_inputs)
+        except (InputError, MemoryError):
+            raise
+        except Exception as e:  # a corrupt archive (bad CRC, truncated entry, ...): data, not a bug
+            text = str(e).strip()
+            raise InputError(f"{label} is corrupt: {type(e).__name__}: {text.splitlines()[0][:300] if text else ''}") from e
 
 
 def _read(arc: _Archive, trust: bool, want_inputs: bool) -> Pt2Contents:
