@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -238,11 +239,37 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
+# TorchScript code cannot import or call Python, but these operations reach files, the network or
+# native objects; __setstate__ methods run inside torch.jit.load, before any graph could be inspected.
+_TORCHSCRIPT_DENIED = re.compile(
+    r"\b(torch\.save|torch\.from_file|ops\.aten\.(save|from_file)|ops\.(debugprims|profiler|c10d)\."
+    r"|torch\.classes\.|torch\.distributed|rpc_sync|rpc_async)"
+)
+
+
+def _check_torchscript_code(path: Path) -> None:
+    """Refuse a TorchScript archive whose code touches files, the network or custom native classes."""
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if "/code/" not in name or not name.endswith(".py"):
+                continue
+            text = zf.read(name).decode("utf-8", errors="replace")
+            m = _TORCHSCRIPT_DENIED.search(text)
+            if m:
+                line = text.count("\n", 0, m.start()) + 1
+                raise InputError(
+                    f"TorchScript file {path}: {name.split('/code/', 1)[1]}:{line} calls {m.group(0)!r}, which reaches "
+                    "files, the network or native objects; graphprune runs no such code from a model file. "
+                    "Export the model with torch.export.save instead"
+                )
+
+
 def _load_torchscript(path: Path, shaped: tuple[torch.Tensor, ...] | None) -> LoadedModel:
+    _check_torchscript_code(path)
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise InputError(f"TorchScript file {path} cannot be loaded: {e}") from e
+        raise InputError(f"TorchScript file {path} cannot be loaded: {_first_line(e)}") from e
     return LoadedModel("torchscript", str(path), path, model, _need_inputs(path, "TorchScript", shaped))
 
 

@@ -164,3 +164,43 @@ def clean_pt2(path: Path) -> Path:
 def hostile_pt2(folder: Path, kind: str, marker: Path) -> Path:
     """``folder/KIND.pt2``: the clean archive rewritten by ``HOSTILE[kind]`` with ``marker`` as payload."""
     return write_entries(folder / f"{kind}.pt2", HOSTILE[kind](clean_entries(), str(marker)))
+
+
+# ---- TorchScript: restricted code, but it can write files, also from __setstate__ inside torch.jit.load ----
+class SavesInForward(nn.Module):
+    def __init__(self, marker: str):
+        super().__init__()
+        self.path = marker
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        torch.ops.aten.save(x, self.path)
+        return self.fc(x)
+
+
+class SavesOnLoad(nn.Module):
+    def __init__(self, marker: str):
+        super().__init__()
+        self.path = marker
+        self.w = torch.ones(16)
+
+    def forward(self, x):
+        return x * self.w
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, torch.Tensor]:
+        return (self.path, self.w)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor]) -> None:
+        torch.ops.aten.save(state[1], state[0])
+        self.path = state[0]
+        self.w = state[1]
+        self.training = False
+
+
+def hostile_torchscript(folder: Path, kind: str, marker: Path) -> Path:
+    cls = {"forward": SavesInForward, "setstate": SavesOnLoad}[kind]
+    path = folder / f"ts_{kind}.pt"
+    torch.jit.save(torch.jit.script(cls(str(marker))), str(path))
+    return path
