@@ -152,6 +152,23 @@ def test_sigterm_is_a_clean_exit_that_removes_the_staging_folder(first_run, tmp_
     assert snapshot(out) == before and leftovers(tmp_path) == []
 
 
+def test_a_sigkilled_run_is_cleaned_by_the_next_run(first_run, tmp_path, capsys):
+    out = _copy(first_run, tmp_path)
+    before = snapshot(out)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.Popen([sys.executable, "-m", "graphprune", "compile", "tests.hostile:slow", "-o", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not leftovers(tmp_path):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert leftovers(tmp_path)  # SIGKILL: nothing could clean up
+    rc, _, _ = run(capsys, "compile", "tests.hostile:nan_bias", "-o", out)  # the next run, failing or not
+    assert rc == 5 and leftovers(tmp_path) == [] and snapshot(out) == before
+
+
 def test_python_api_takes_a_dict_config_and_stages_its_folder(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()

@@ -186,3 +186,15 @@ def test_output_names_are_registered(tmp_path):
         with pytest.raises(ValueError, match="OUTPUT_NAMES"):
             st.file("random.bin")
     assert {"model.onnx", "pruned.pt2", "report.json", "bench.json", "bench.png", "dense.onnx"} <= OUTPUT_NAMES
+
+
+def test_atomic_write_turns_a_full_disk_into_output_error(tmp_path):
+    from graphprune.io.files import atomic_write
+
+    def full(p):
+        p.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputError, match=r"cannot write .*report.json: the disk is full"):
+        atomic_write(tmp_path / "report.json", full)
+    assert list(tmp_path.iterdir()) == []
