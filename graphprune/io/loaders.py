@@ -1,8 +1,10 @@
 """Turn what the user names (a file or a factory) into a model and example inputs.
 
 Accepted:
-- ``*.pt2``: a ``torch.export.save`` ExportedProgram (its stored example inputs are used);
-- a TorchScript file (``torch.jit.save``), needs ``--input-shape``;
+- ``*.pt2``: a ``torch.export.save`` ExportedProgram (its stored example inputs are used), read by
+  :mod:`graphprune.io.pt2` without unpickling or running anything from the file;
+- a TorchScript file (``torch.jit.save``), needs ``--input-shape``; refused when its code calls file,
+  network or native-class operations (its ``__setstate__`` would run inside ``torch.jit.load``);
 - ``*.onnx``: pruned directly at the initializer level (see passes/onnx/prune_initializers.py);
 - ``package.module:callable`` returning ``(model, example_inputs)`` (or a model, with ``--input-shape``);
 - a whole pickled module (``torch.save(model)``) only with ``trust_pickle=True``: unpickling runs code.
