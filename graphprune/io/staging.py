@@ -1,7 +1,8 @@
 """The output folder is a transaction: it changes as a whole, or not at all.
 
-A run writes every file into a fresh staging folder beside the target (same file system, named
-``.TARGET.graphprune-stage-PID-XXXX``). Only when the run has passed every check does
+A run writes every file into a fresh staging folder on the target's file system: inside the target
+when it exists (``.graphprune-stage-PID-XXXX``), else beside it (``.TARGET.graphprune-stage-PID-XXXX``,
+renamed into place by the commit). Only when the run has passed every check does
 :meth:`StagedOutput.commit` replace the target's graphprune files as a set: files of an earlier run
 that this run did not write are removed, so the folder never holds two runs' files. The names
 graphprune owns in an output folder are :data:`OUTPUT_NAMES`; nothing else in the folder is touched.
@@ -121,19 +122,21 @@ def _existing_ancestor(p: Path) -> Path | None:
     return None
 
 
-def _remove_stale(parent: Path, target_name: str) -> None:
-    """Remove staging/backup folders of ``target_name`` in ``parent`` whose process is gone."""
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        if not p.name.startswith(f".{target_name}."):
+def _remove_stale(target: Path) -> None:
+    """Remove staging/backup folders of ``target`` (inside it, or beside it) whose process is gone."""
+    places = [(target.parent, f".{target.name}.")]
+    if target.is_dir():
+        places.append((target, "."))
+    for folder, lead in places:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
             continue
-        for tag in (_STAGE_TAG, _BACKUP_TAG):
-            pid = tagged_pid(p.name, tag)
-            if pid is not None and p.name.startswith(f".{target_name}.{tag}-") and not pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
+        for p in entries:
+            for tag in (_STAGE_TAG, _BACKUP_TAG):
+                pid = tagged_pid(p.name, tag)
+                if pid is not None and p.name.startswith(f"{lead}{tag}-") and not pid_alive(pid):
+                    shutil.rmtree(p, ignore_errors=True)
 
 
 class StagedOutput:
@@ -168,14 +171,18 @@ class StagedOutput:
         return self.target / name
 
     def open(self) -> StagedOutput:
-        parent = self.target.absolute().parent
-        missing = [p for p in (parent, *parent.parents) if not p.exists()]
+        """Create the staging folder: inside the target when it exists (same file system even when the
+        target is a link to another one), else beside it (then the commit renames it into place)."""
+        target = self.target.absolute()
+        home = target if target.is_dir() else target.parent
+        missing = [p for p in (home, *home.parents) if not p.exists()]
         try:
             for p in reversed(missing):
                 p.mkdir()
                 self._created.append(p)
-            _remove_stale(parent, self.target.name)
-            self._path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.{_STAGE_TAG}-{os.getpid()}-", dir=parent))
+            _remove_stale(target)
+            prefix = f".{_STAGE_TAG}-" if home == target else f".{target.name}.{_STAGE_TAG}-"
+            self._path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=home))
         except OSError as e:
             self._remove_created()
             raise output_error(self.target, e, "create the output folder") from e
@@ -235,7 +242,7 @@ class StagedOutput:
 
     def _swap(self, stage: Path, target: Path, new: list[str]) -> None:
         old = [n for n in sorted(OUTPUT_NAMES) if (target / n).exists() or (target / n).is_symlink()]
-        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_BACKUP_TAG}-{os.getpid()}-", dir=target.absolute().parent))
+        backup = Path(tempfile.mkdtemp(prefix=f".{_BACKUP_TAG}-{os.getpid()}-", dir=target))
         moved_out: list[str] = []
         moved_in: list[str] = []
         try:

@@ -23,7 +23,8 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int, float]]:
 
 
 def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if "graphprune-" in p.name)
+    """Staging, backup and temporary entries anywhere under ``parent``."""
+    return sorted(str(p.relative_to(parent)) for p in parent.rglob("*") if "graphprune-" in p.name)
 
 
 def test_commit_replaces_the_set_and_keeps_other_files(tmp_path):
@@ -97,6 +98,8 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path):
     alive.mkdir()  # a concurrent run of a live process is left alone
     stale_tmp = tmp_path / "out"
     stale_tmp.mkdir()
+    (stale_tmp / f".graphprune-stage-{pid}-efgh").mkdir()  # staged inside an existing target
+    (stale_tmp / f".graphprune-old-{pid}-ijkl").mkdir()
     (stale_tmp / f".report.json.graphprune-tmp-{pid}-xyz.json").write_text("half")
     (stale_tmp / ".model.tmp-k2j4.onnx").write_text("half, written by graphprune 0.1")
     with staged_output(tmp_path / "out") as st:
@@ -139,6 +142,18 @@ def test_files_and_folders_respect_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "out" / "report.json").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+
+
+def test_an_existing_target_is_staged_inside_itself(tmp_path):
+    """Same file system as the target even when the target is a link to a folder elsewhere."""
+    real = tmp_path / "elsewhere" / "real"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    with staged_output(tmp_path / "link") as st:
+        assert st.path.parent.resolve() == real.resolve()
+        atomic_write_text(st.file("report.json"), "{}")
+    assert (real / "report.json").read_text() == "{}" and (tmp_path / "link").is_symlink()
+    assert leftovers(tmp_path) == []
 
 
 def test_nested_stage_for_the_same_target_is_reused(tmp_path):
