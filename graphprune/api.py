@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,18 @@ import torch
 from torch import nn
 
 import graphprune.passes.all  # noqa: F401  (registers every pass)
-from graphprune.config import CompileConfig
-from graphprune.errors import GraphPruneError, InputError, OutputError
+from graphprune.config import CompileConfig, as_config
+from graphprune.errors import InputError, ValidationError
+from graphprune.io.staging import check_output_target, staged_output
 from graphprune.passes.base import PassContext, Stage, run_stages, stage
 from graphprune.passes.copy_model import copy_model
+from graphprune.passes.export_onnx import ONNX_NAME
 from graphprune.passes.permute_channels import PermuteChannelsConfig
 from graphprune.report import CompileReport
 
 log = logging.getLogger("graphprune")
+
+REPORT_NAME = "report.json"
 
 __all__ = ["CompileResult", "compile", "compile_stages", "copy_model", "inspect_model", "prepare_output_dir"]
 
@@ -107,7 +112,7 @@ def _context(model: nn.Module, example_inputs: Any, config: CompileConfig, model
 def compile(
     model: nn.Module,
     example_inputs: Any,
-    config: CompileConfig | None = None,
+    config: CompileConfig | Mapping[str, Any] | None = None,
     *,
     output_dir: str | Path | None = None,
     progress: bool = False,
@@ -118,38 +123,43 @@ def compile(
 
     ``example_inputs``: a tensor or tuple of positional inputs of realistic shape (they fix the
     shapes used for capture, FLOPs, export and parity). ``output_dir``: where ``model.onnx``,
-    ``pruned.pt2`` and ``report.json`` go; when None, a temporary folder that lives as long as the
-    returned result (removed when the result is garbage-collected, or at once on failure). Raises
+    ``pruned.pt2`` and ``report.json`` go, as a transaction (:mod:`graphprune.io.staging`: a failed run
+    leaves the folder as it was); when None, a temporary folder that lives as long as the returned
+    result (removed when the result is garbage-collected, or at once on failure). ``config``: a
+    CompileConfig or a dict of its fields (pattern strings such as ``"2:4"`` accepted). Raises
     ``ValidationError`` when a rewrite or the export does not compute what the pruned model
     computes; the report is still attached to the exception as ``.report``.
     """
-    config = config or CompileConfig()
+    config = as_config(config)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     scratch = tempfile.TemporaryDirectory(prefix="graphprune-") if output_dir is None else None
-    out_dir = Path(output_dir) if output_dir is not None else Path(scratch.name)  # type: ignore[union-attr]
+    target = Path(output_dir) if output_dir is not None else Path(scratch.name)  # type: ignore[union-attr]
     try:
-        ctx = _context(
-            model, example_inputs, config, model_name, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None, output_dir=out_dir
-        )
-        prepare_output_dir(out_dir)
-        stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule), progress=progress)
-        try:
-            work = run_stages(stages, model, ctx)
-        except GraphPruneError as e:
-            e.report = ctx.report  # type: ignore[attr-defined]
-            raise
-        report = ctx.report
-        report.outputs["report"] = str(out_dir / "report.json")
-        report.to_json(out_dir / "report.json")
+        with staged_output(target) as out:
+            ctx = _context(
+                model, example_inputs, config, model_name, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None, output=out
+            )
+            stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule), progress=progress)
+            try:
+                work = run_stages(stages, model, ctx)
+            except ValidationError as e:  # the model was pruned but failed a check: its report says where
+                e.report = ctx.report  # type: ignore[attr-defined]
+                raise
+            report = ctx.report
+            report.outputs["report"] = str(out.final(REPORT_NAME))
+            report.to_json(out.file(REPORT_NAME))
+            final_dir = out.target
     except BaseException:
         if scratch is not None:
             scratch.cleanup()
         raise
     result = CompileResult(
         model=work,
-        onnx_path=ctx.artifacts.get("onnx_path"),
+        onnx_path=final_dir / ONNX_NAME if "onnx_path" in ctx.artifacts else None,
         report=report,
         validation=_validation(report),
-        output_dir=out_dir,
+        output_dir=final_dir,
     )
     if scratch is not None:  # the files live as long as the result that names them
         weakref.finalize(result, scratch.cleanup)
@@ -168,14 +178,14 @@ def _validation(report: CompileReport) -> dict[str, Any]:
     return out
 
 
-def inspect_model(model: nn.Module, example_inputs: Any, config: CompileConfig | None = None, *, model_name: str | None = None) -> CompileReport:
+def inspect_model(model: nn.Module, example_inputs: Any, config: CompileConfig | Mapping[str, Any] | None = None, *, model_name: str | None = None) -> CompileReport:
     """Decide every site of ``model`` as ``compile`` would, and stop: no masks, no files.
 
     Runs :func:`compile_stages` up to and including ``decide`` (with structured patterns the copy is
     shrunk first, so ``report.structured`` lists every group, and the element-wise decisions are those
     of the shrunk model). The caller's model is not changed.
     """
-    config = config or CompileConfig()
+    config = as_config(config)
     ctx = _context(model, example_inputs, config, model_name)
     stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule))
     upto = [s.name for s in stages].index("decide") + 1
@@ -184,17 +194,5 @@ def inspect_model(model: nn.Module, example_inputs: Any, config: CompileConfig |
 
 
 def prepare_output_dir(out_dir: Path, *, inputs: tuple[Path, ...] = ()) -> None:
-    """Create ``out_dir`` and refuse locations that are unwritable or would overwrite an input."""
-    outputs = [out_dir / n for n in ("model.onnx", "pruned.pt2", "report.json")]
-    for src in inputs:
-        src_r = src.resolve()
-        if src_r == out_dir.resolve() or any(o.resolve() == src_r for o in outputs):
-            raise OutputError(f"output {out_dir} would overwrite the input {src}; choose another -o directory")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output path {out_dir} exists and is not a directory; give a directory with -o")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".graphprune-probe-", delete=True)
-        probe.close()
-    except OSError as e:
-        raise OutputError(f"output directory {out_dir} is not writable: {e.strerror or e}") from e
+    """Refuse output locations that are unwritable or would overwrite an input (nothing is created)."""
+    check_output_target(out_dir, inputs=inputs)

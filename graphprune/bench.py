@@ -40,6 +40,7 @@ from graphprune._bench_report import BenchReport, LayerTiming, save_chart
 from graphprune._bench_timing import _bench_ort, _bench_tensorrt, _bench_torch, _torch_threads, machine_info
 from graphprune._bench_timing import cpu_model as cpu_model
 from graphprune.errors import ConfigError, DependencyError
+from graphprune.io.staging import StagedOutput, output_folder
 
 __all__ = ["BenchReport", "LayerTiming", "add_bench_parser", "bench_model", "run_bench", "save_chart"]
 
@@ -67,9 +68,8 @@ def bench_model(
     """Prune ``model`` with ``config`` (a CompileConfig; 2:4 by default) and time dense vs pruned on
     ``runtime``; writes ``bench.json`` (and ``bench.png``) into ``out_dir``. The caller's model is
     not modified."""
-    from graphprune.api import compile as gp_compile
-    from graphprune.api import copy_model
-    from graphprune.config import CompileConfig
+    from graphprune.config import as_config
+    from graphprune.io.staging import staged_output
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -79,15 +79,26 @@ def bench_model(
         from graphprune.runtime.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail before compiling anything
-    config = config or CompileConfig()
-    out = Path(out_dir)
-    inputs = tuple(example_inputs)
+    config = as_config(config)
+    with staged_output(out_dir) as stage:  # bench.json, the chart, dense.onnx and compile's files: one set
+        return _bench_into(stage, model, tuple(example_inputs), config, runtime=runtime, model_name=model_name, blocks=blocks,
+                           warmup=warmup, threads=threads, per_layer=per_layer, sparse_forms=sparse_forms, chart=chart,
+                           progress=progress)
+
+
+def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], config: Any, *, runtime: str,
+                model_name: str | None, blocks: int, warmup: int, threads: int, per_layer: bool, sparse_forms: bool,
+                chart: bool, progress: bool) -> BenchReport:
+    from graphprune.api import compile as gp_compile
+    from graphprune.api import copy_model
+
+    out = stage.target
     cfg = config if runtime != "torch" else dataclasses.replace(config, export_onnx=False)
     report = BenchReport(model=model_name or type(model).__name__, runtime=runtime, pattern=", ".join(map(str, config.pattern)))
     report.settings = {**machine_info(threads), "blocks": blocks, "warmup": warmup}
     with _torch_threads(threads):
         result = gp_compile(model, inputs, cfg, output_dir=out, progress=progress, model_name=report.model)
-        report.outputs["report"] = str(out / "report.json")
+        report.outputs["report"] = str(stage.final("report.json"))
         dense = copy_model(model).eval()
         if runtime == "torch":
             pruned = result.model.eval()
@@ -105,28 +116,28 @@ def bench_model(
 
             if result.onnx_path is None:
                 raise ConfigError("the ort and tensorrt runtimes need the ONNX export (export_onnx=True in the config)")
-            dense_path = out / "dense.onnx"
+            dense_path, pruned_path = stage.file("dense.onnx"), stage.file("model.onnx")
             export_onnx(dense, inputs, dense_path, opset=config.opset)
-            report.outputs["dense_onnx"] = str(dense_path)
+            report.outputs["dense_onnx"] = str(stage.final("dense.onnx"))
             report.outputs["pruned_onnx"] = str(result.onnx_path)
             if runtime == "ort":
-                _bench_ort(dense_path, result.onnx_path, inputs, report, threads=threads, blocks=blocks, warmup=warmup, per_layer=per_layer, tmp=out)
+                _bench_ort(dense_path, pruned_path, inputs, report, threads=threads, blocks=blocks, warmup=warmup, per_layer=per_layer, tmp=stage.path)
             else:
-                _bench_tensorrt(dense_path, result.onnx_path, report, blocks=blocks)
+                _bench_tensorrt(dense_path, pruned_path, report, blocks=blocks)
     flops = result.report.totals()
     if flops.get("flops"):
         report.settings["flops"] = flops["flops"]
         report.settings["flops_on_zeros"] = flops["flops_on_zeros"]
-    from graphprune._io import atomic_write_text
+    from graphprune.io.files import atomic_write_text
 
     if chart:
         try:
-            save_chart(report, out / "bench.png")
-            report.outputs["chart"] = str(out / "bench.png")
+            save_chart(report, stage.file("bench.png"))
+            report.outputs["chart"] = str(stage.final("bench.png"))
         except DependencyError as e:
             report.notes.append(str(e))
-    report.outputs["json"] = str(out / "bench.json")
-    atomic_write_text(out / "bench.json", json.dumps(report.to_dict(), indent=2, default=str))
+    report.outputs["json"] = str(stage.final("bench.json"))
+    atomic_write_text(stage.file("bench.json"), json.dumps(report.to_dict(), indent=2, default=str))
     return report
 
 
@@ -141,7 +152,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="example input shape, once per input, e.g. 1,3,224,224 or 1x128:int64:30522")
     b.add_argument("--config", type=Path, help="CompileConfig as JSON (--pattern overrides it)")
     b.add_argument("--trust-pickle", action="store_true", help="allow loading a whole pickled model (runs code from the file)")
-    b.add_argument("-o", "--output", type=Path, default=None, help="output directory (default graphprune-out/NAME-bench)")
+    b.add_argument("-o", "--output", type=output_folder, default=None, help="output directory (default graphprune-out/NAME-bench)")
     b.add_argument("--blocks", type=int, default=7, help="alternating timed blocks per side (default 7)")
     b.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
     b.add_argument("--threads", type=int, default=2, help="CPU threads for torch / onnxruntime (default 2)")
@@ -156,7 +167,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """CLI handler: load, bench, print the table and where the files went."""
     from graphprune.api import prepare_output_dir
     from graphprune.config import CompileConfig, parse_pattern
-    from graphprune.inputs import load_model
+    from graphprune.io.loaders import load_model
 
     config = CompileConfig.from_json(args.config) if getattr(args, "config", None) else CompileConfig()
     if args.pattern:

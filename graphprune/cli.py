@@ -5,8 +5,10 @@
     graphprune audit FILE.onnx [--pattern 2:4]
     graphprune bench MODEL [--runtime torch|ort|tensorrt]   dense vs pruned latency, table + chart
 
-Exit codes: 0 ok; 2 bad option/config; 3 bad input file; 4 unsupported model; 5 bad weights;
-6 validation failed; 7 output not writable; 8 a pass failed; 9 missing dependency.
+Every failure ends in one line on stderr and an exit code from :data:`graphprune.errors.EXIT_CODES`
+(one handler, :func:`main`): 0 ok; 2 bad option/config; 3 bad input file; 4 unsupported model;
+5 bad weights; 6 validation failed; 7 output not writable; 8 a pass failed or an internal error;
+9 missing dependency; 130 Ctrl-C; 143 SIGTERM. ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -14,21 +16,41 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from graphprune.errors import ConfigError, GraphPruneError
+from graphprune.errors import ConfigError, GraphPruneError, Terminated, ValidationError, exit_code_for, is_out_of_memory
+from graphprune.io.staging import check_output_target, output_folder
+
+
+def _version() -> str:
+    from graphprune import __version__
+
+    return __version__
 
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphprune", description="Pruning compiler for PyTorch models.")
+    p.add_argument("--version", action="version", version=f"graphprune {_version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the traceback")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, also print the traceback")
+
     def model_args(sp: argparse.ArgumentParser) -> None:
+        common(sp)
         sp.add_argument("model", help="a .pt2, TorchScript or .onnx file, or package.module:callable")
-        sp.add_argument("--pattern", default=None, help="2:4 (default), 4:8, unstructured:0.8, channels:0.5, heads:0.25,ffn:0.5, hidden:0.25 (RMSNorm streams)")
+        sp.add_argument("--pattern", default=None,
+                        help="2:4 (default), 4:8, unstructured:0.8, unstructured:0.8@global, channels:0.5, "
+                             "heads:0.25,ffn:0.5, hidden:0.25 (RMSNorm streams); options after @ (see README)")
         sp.add_argument("--input-shape", action="append", default=[], metavar="SHAPE[:DTYPE[:HIGH]]",
                         help="example input shape, once per input, e.g. 1,3,224,224 or 2x16:int64:30522")
         sp.add_argument("--include", action="append", default=[], metavar="GLOB", help="only layers whose fqn matches")
@@ -44,14 +66,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="permutation search time per channel group (default 2)")
         sp.add_argument("--config", type=Path, help="CompileConfig as JSON (command-line options override it)")
         sp.add_argument("--trust-pickle", action="store_true",
-                        help="allow loading a whole pickled model (.pt); unpickling runs code from the file")
+                        help="allow unpickling (a whole pickled model, pickled entries of a .pt2); it runs code from the file")
 
     c = sub.add_parser("compile", help="prune, export ONNX, audit and prove parity")
     model_args(c)
-    c.add_argument("-o", "--output", type=Path, default=None, help="output directory (default graphprune-out/NAME)")
+    c.add_argument("-o", "--output", type=output_folder, default=None,
+                   help="output folder (default graphprune-out/NAME); replaced as a whole, only when every check passed")
     c.add_argument("--form", choices=["folded", "masked"], default=None, help="form of the saved PyTorch model")
     c.add_argument("--no-validate", action="store_true", help="skip the onnxruntime parity check")
-    c.add_argument("--dump-dir", type=Path, default=None, help="write the module before/after each pass")
+    c.add_argument("--dump-dir", type=output_folder, default=None, help="write the module before/after each pass")
     c.add_argument("--max-rows", type=int, default=60, help="rows of the per-layer table to print")
 
     i = sub.add_parser("inspect", help="show every candidate layer and its decision; writes nothing")
@@ -60,9 +83,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     from graphprune.bench import add_bench_parser
 
-    add_bench_parser(sub)
+    common(add_bench_parser(sub))
 
     a = sub.add_parser("audit", help="check the sparsity pattern of every weight in an ONNX file")
+    common(a)
     a.add_argument("onnx", type=Path)
     a.add_argument("--pattern", default=None, help="N:M pattern to check, e.g. 2:4")
     a.add_argument("--json", action="store_true")
@@ -70,12 +94,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from graphprune.config import CompileConfig, parse_pattern
+    """The CompileConfig: ``--config`` JSON, then the command-line options over it (one type check:
+    ``CompileConfig.__post_init__``)."""
+    import dataclasses
+
+    from graphprune.config import CompileConfig
 
     base = CompileConfig.from_json(args.config) if getattr(args, "config", None) else CompileConfig()
     kw: dict[str, Any] = {}
     if args.pattern:
-        kw["pattern"] = parse_pattern(args.pattern)
+        kw["pattern"] = args.pattern
     if args.include:
         kw["include"] = tuple(args.include)
     if args.exclude:
@@ -89,27 +117,30 @@ def _config(args: argparse.Namespace) -> Any:
     if getattr(args, "permute_budget", None) is not None:
         kw["permute_budget_s"] = args.permute_budget
     if args.override:
-        ov = dict(base.overrides)
+        ov: dict[str, Any] = dict(base.overrides)
         for item in args.override:
             glob, sep, pat = item.partition("=")
             if not sep or not glob:
                 raise ConfigError(f"--override {item!r} must look like GLOB=PATTERN (e.g. '*lm_head*=dense')")
-            ov[glob] = None if pat.strip().lower() in ("dense", "none") else parse_pattern(pat)[0]
+            ov[glob] = pat
         kw["overrides"] = ov
     if getattr(args, "form", None):
         kw["form"] = args.form
     if getattr(args, "no_validate", False):
         kw["validate"] = False
-    if not kw:
-        return base
-    d = base.to_dict()
-    d.update({k: v for k, v in kw.items() if k not in ("pattern", "overrides")})
-    cfg = CompileConfig.from_dict({k: v for k, v in d.items() if k not in ("pattern", "overrides")})
-    import dataclasses
+    return dataclasses.replace(base, **kw) if kw else base
 
-    return dataclasses.replace(
-        cfg, pattern=kw.get("pattern", base.pattern), overrides=kw.get("overrides", base.overrides)
-    )
+
+def _require_element_pattern(config: Any, source: str) -> Any:
+    """ONNX inputs are pruned at the initializer level: element-wise patterns only (compile and inspect)."""
+    if config.structured_patterns:
+        raise ConfigError(
+            f"{source} is ONNX, which can only be pruned element-wise (N:M or unstructured); the structured "
+            f"pattern(s) {', '.join(map(str, config.structured_patterns))} need a PyTorch model (.pt2, factory)"
+        )
+    if config.element_pattern is None:
+        raise ConfigError(f"{source} is ONNX: give an element-wise pattern (N:M or unstructured)")
+    return config.element_pattern
 
 
 def _default_name(source: str) -> str:
@@ -118,47 +149,49 @@ def _default_name(source: str) -> str:
     return Path(source).stem or "model"
 
 
+def _input_files(args: argparse.Namespace, model: str) -> tuple[Path, ...]:
+    """The files a run reads: the output folder must never resolve to one of them."""
+    files = [Path(model)] if Path(model).exists() else []
+    if getattr(args, "config", None) is not None:
+        files.append(Path(args.config))
+    return tuple(files)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from graphprune.api import compile as gp_compile
-    from graphprune.api import prepare_output_dir
-    from graphprune.inputs import load_model
+    from graphprune.io.loaders import load_model
+    from graphprune.io.staging import staged_output
 
     config = _config(args)
     out = args.output or Path("graphprune-out") / _default_name(args.model)
-    src_path = Path(args.model)
-    inputs = (src_path,) if src_path.exists() else ()
-    prepare_output_dir(out, inputs=inputs)
-    print(f"graphprune: loading {args.model}", file=sys.stderr)
-    loaded = load_model(args.model, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)
+    if args.dump_dir is not None:
+        check_output_target(args.dump_dir, inputs=_input_files(args, args.model), option="--dump-dir")
+    with staged_output(out, inputs=_input_files(args, args.model)) as stage:
+        print(f"graphprune: loading {args.model}", file=sys.stderr)
+        loaded = load_model(args.model, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)
+        if loaded.kind == "onnx":
+            rep = _compile_onnx(loaded.path, stage, config)  # type: ignore[arg-type]
+        else:
+            assert loaded.model is not None and loaded.example_inputs is not None
+            print(f"graphprune: compiling ({loaded.kind}) with pattern {', '.join(map(str, config.pattern))}", file=sys.stderr)
+            result = gp_compile(loaded.model, loaded.example_inputs, config, output_dir=out, progress=True,
+                                dump_dir=args.dump_dir, model_name=args.model)
+            rep = result.report
     if loaded.kind == "onnx":
-        return _compile_onnx(loaded.path, out, config, args)  # type: ignore[arg-type]
-    assert loaded.model is not None and loaded.example_inputs is not None
-    print(f"graphprune: compiling ({loaded.kind}) with pattern {', '.join(map(str, config.pattern))}", file=sys.stderr)
-    try:
-        result = gp_compile(
-            loaded.model,
-            loaded.example_inputs,
-            config,
-            output_dir=out,
-            progress=True,
-            dump_dir=args.dump_dir,
-            model_name=args.model,
-        )
-    except GraphPruneError as e:
-        rep = getattr(e, "report", None)
-        if rep is not None:
-            print(rep.table(args.max_rows))
-            rep.to_json(out / "report.json")
-            print(f"report: {out / 'report.json'}")
-        raise
-    rep = result.report
+        _print_onnx_report(rep, args.max_rows)
+    else:
+        _print_report(rep, result, config, args.max_rows)
+    return 0
+
+
+def _print_report(rep: Any, result: Any, config: Any, max_rows: int) -> None:
     if rep.structured:
         from graphprune.report import structured_table
 
-        print(structured_table(rep.structured, args.max_rows))
+        print(structured_table(rep.structured, max_rows))
         print()
     if config.element_pattern is not None or not rep.structured:
-        print(rep.table(args.max_rows))
+        print(rep.table(max_rows))
         print()
     for note in rep.notes:
         print(f"note:    {note}")
@@ -177,47 +210,57 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     print("time:    " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.timings.items()))
     for v in rep.outputs.values():
         print(f"wrote:   {v}")
-    return 0
 
 
-def _compile_onnx(path: Path, out: Path, config: Any, args: argparse.Namespace) -> int:
+def _compile_onnx(path: Path, stage: Any, config: Any) -> Any:
+    from graphprune.io.checks import check_finite_onnx
     from graphprune.passes.onnx.prune_initializers import prune_onnx
     from graphprune.report import CompileReport
 
-    pattern = config.element_pattern
-    if pattern is None:
-        raise ConfigError("an ONNX input can only be pruned element-wise (N:M or unstructured); structured patterns need a PyTorch model")
-    res = prune_onnx(path, out / "model.onnx", pattern, include=config.include, exclude=config.exclude)
+    pattern = _require_element_pattern(config, str(path))
+    check_finite_onnx(path)
+    res = prune_onnx(path, stage.file("model.onnx"), pattern, include=config.include, exclude=config.exclude)
     rep = CompileReport(model=str(path), config=config.to_dict(), decisions=list(res.decisions))
     rep.capture = {"method": "onnx", "tried": []}
     rep.audit = res.audit.to_dict()
     rep.parity = res.parity.to_dict() if res.parity is not None else None
-    rep.outputs = {"onnx": str(out / "model.onnx"), "report": str(out / "report.json")}
-    rep.to_json(out / "report.json")
-    print(rep.table(args.max_rows))
+    rep.outputs = {"onnx": str(stage.final("model.onnx")), "report": str(stage.final("report.json"))}
+    ok = bool(rep.audit and rep.audit.get("ok")) and bool(not rep.parity or rep.parity["ok"])
+    if not ok:
+        err = ValidationError(
+            f"the pruned ONNX of {path} fails its "
+            + ("audit" if not (rep.audit and rep.audit.get("ok")) else "parity check against the original ONNX")
+        )
+        err.report = rep  # type: ignore[attr-defined]
+        raise err
+    rep.to_json(stage.file("report.json"))
+    return rep
+
+
+def _print_onnx_report(rep: Any, max_rows: int) -> None:
+    print(rep.table(max_rows))
     print(f"audit:   {'OK' if rep.audit and rep.audit.get('ok') else 'FAILED'}")
     if rep.parity:
         print(f"parity:  {'OK' if rep.parity['ok'] else 'FAILED'} - pruned ONNX vs original ONNX with the same masks, "
               f"max |diff| {rep.parity['max_abs']:.3g}")
     for v in rep.outputs.values():
         print(f"wrote:   {v}")
-    ok = bool(rep.audit and rep.audit.get("ok")) and bool(not rep.parity or rep.parity["ok"])
-    return 0 if ok else 6
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from graphprune.api import copy_model, inspect_model
-    from graphprune.inputs import load_model
+    from graphprune.api import inspect_model
+    from graphprune.io.loaders import load_model
 
     config = _config(args)
     loaded = load_model(args.model, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)
     if loaded.kind == "onnx":
         from graphprune.runtime.audit import audit_onnx
 
+        _require_element_pattern(config, args.model)
         print(audit_onnx(loaded.path).summary())  # type: ignore[arg-type]
         return 0
     assert loaded.model is not None and loaded.example_inputs is not None
-    rep = inspect_model(copy_model(loaded.model), loaded.example_inputs, config)
+    rep = inspect_model(loaded.model, loaded.example_inputs, config, model_name=args.model)
     if args.json:
         d = rep.to_dict()
         print(json.dumps({"decisions": d["decisions"], "structured": d["structured"]} if rep.structured else d["decisions"], indent=2))
@@ -252,23 +295,104 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 6
 
 
+# ---- the one error handler -----------------------------------------------------------------------
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    return lines[0] + (" (more with --debug)" if len(lines) > 1 else "")
+
+
+def _message(e: BaseException) -> str:
+    """One line for any exception (see :func:`graphprune.errors.exit_code_for` for its exit code)."""
+    if isinstance(e, GraphPruneError):
+        text = _one_line(str(e))
+        where = getattr(e, "failed_report", None)
+        return text + (f" (report: {where})" if where else "")
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted; the output folder was left as it was"
+    if isinstance(e, Terminated):
+        return "terminated (SIGTERM); the output folder was left as it was"
+    if is_out_of_memory(e):
+        return (f"out of memory ({type(e).__name__}: {_one_line(str(e))[:200]}); this is not a graphprune bug: "
+                "use smaller example inputs or a machine with more memory")
+    if exit_code_for(e) == 7:
+        assert isinstance(e, OSError)
+        return f"cannot write {e.filename or 'the output'}: {e.strerror}; free space or choose another output folder"
+    if isinstance(e, SystemExit):
+        return f"internal error: something called sys.exit({e.code!r}) during the run; please report it with the command line"
+    return (f"internal error: {type(e).__name__}: {_one_line(str(e))[:300]}; please report it with the command line "
+            "and the output of --debug (which shows the traceback)")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (main() may run many times in one process)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (so staging folders are removed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (never raises, never prints a traceback unless --debug)."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0), usage errors (2): argparse has printed them
+        return e.code if isinstance(e.code, int) else 2
+    _log_to_stderr()
     # stage progress ("capture ...", "export ...") goes to stderr; -v adds the details
     logging.getLogger("graphprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from graphprune.bench import run_bench
-
-    handlers = {"compile": _cmd_compile, "inspect": _cmd_inspect, "audit": _cmd_audit, "bench": run_bench}
+    handlers = {"compile": _cmd_compile, "inspect": _cmd_inspect, "audit": _cmd_audit}
     try:
-        return handlers[args.command](args)
-    except GraphPruneError as e:
-        print(f"graphprune {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("graphprune: interrupted", file=sys.stderr)
-        return 130
+        with _sigterm_as_exception():
+            if args.command == "bench":
+                from graphprune.bench import run_bench
+
+                return run_bench(args)
+            return handlers[args.command](args)
+    except BaseException as e:  # the one place that turns every exception into an exit code
+        report = getattr(e, "report", None)
+        if report is not None and hasattr(report, "table"):
+            try:
+                print(report.table(getattr(args, "max_rows", 60)))
+            except Exception:
+                pass
+        print(f"graphprune {args.command}: error: {_message(e)}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            traceback.print_exception(e)
+        return exit_code_for(e)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ Patterns
 ``FFN(ratio=0.5)``                  structured: remove FFN neurons.
 ``Hidden(ratio=0.25)``              structured: remove hidden-size channels of an RMSNorm residual stream.
 
-Pattern strings (CLI ``--pattern``): ``2:4``, ``4:8``, ``unstructured:0.8``, ``channels:0.5``,
-``heads:0.25,ffn:0.5``, ``hidden:0.25``; structured and N:M may be combined (``heads:0.25,2:4``).
+Pattern strings (CLI ``--pattern``, and ``str(pattern)``): ``2:4``, ``4:8``, ``unstructured:0.8``,
+``channels:0.5``, ``heads:0.25,ffn:0.5``, ``hidden:0.25``; structured and N:M may be combined
+(``heads:0.25,2:4``). Fields other than the number are written as ``@`` options after it: a choice
+by its value, other fields as ``name=value``, e.g. ``unstructured:0.8@global``,
+``unstructured:0.5@random@seed=3``, ``2:4@2d_greedy`` (also ``2:4/2d_greedy``),
+``channels:0.5@l2@global@round_to=4``, ``heads:0.25@taylor@min_heads=2``. ``str(p)`` writes only the
+fields that differ from their defaults, and ``parse_pattern(str(p)) == (p,)`` for every pattern.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import dataclasses
 import fnmatch
 import json
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +50,15 @@ def _check_ratio(name: str, value: float, *, owner: str, allow_zero: bool = True
         )
 
 
+def _check_int(name: str, value: Any, *, owner: str, low: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{owner}.{name} must be an int, got {value!r} ({type(value).__name__})")
+    if low is not None and value < low:
+        raise ConfigError(f"{owner}.{name} must be >= {low}, got {value!r}")
+
+
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...], *, owner: str) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"{owner}.{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
@@ -62,10 +75,10 @@ class Unstructured:
         _check_ratio("sparsity", self.sparsity, owner="Unstructured")
         _check_choice("scope", self.scope, ("layer", "global"), owner="Unstructured")
         _check_choice("method", self.method, ("magnitude", "random"), owner="Unstructured")
+        _check_int("seed", self.seed, owner="Unstructured")
 
     def __str__(self) -> str:
-        extra = "" if self.scope == "layer" else f",{self.scope}"
-        return f"unstructured:{self.sparsity:g}{extra}"
+        return pattern_to_str(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +112,7 @@ class SemiStructured:
         return 1.0 - self.n / self.m
 
     def __str__(self) -> str:
-        return f"{self.n}:{self.m}" + ("" if self.method == "1d" else f"/{self.method}")
+        return pattern_to_str(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,11 +130,10 @@ class Channels:
             "importance", self.importance, ("l1", "l2", "taylor", "bn_scale", "activation"), owner="Channels"
         )
         _check_choice("scope", self.scope, ("layer", "global"), owner="Channels")
-        if self.round_to < 1:
-            raise ConfigError(f"Channels.round_to must be >= 1, got {self.round_to!r}")
+        _check_int("round_to", self.round_to, owner="Channels", low=1)
 
     def __str__(self) -> str:
-        return f"channels:{self.ratio:g}"
+        return pattern_to_str(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,11 +147,10 @@ class Heads:
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio, owner="Heads")
         _check_choice("importance", self.importance, ("l1", "l2", "taylor"), owner="Heads")
-        if self.min_heads < 1:
-            raise ConfigError(f"Heads.min_heads must be >= 1, got {self.min_heads!r}")
+        _check_int("min_heads", self.min_heads, owner="Heads", low=1)
 
     def __str__(self) -> str:
-        return f"heads:{self.ratio:g}"
+        return pattern_to_str(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,11 +164,10 @@ class FFN:
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio, owner="FFN")
         _check_choice("importance", self.importance, ("l1", "l2", "taylor"), owner="FFN")
-        if self.round_to < 1:
-            raise ConfigError(f"FFN.round_to must be >= 1, got {self.round_to!r}")
+        _check_int("round_to", self.round_to, owner="FFN", low=1)
 
     def __str__(self) -> str:
-        return f"ffn:{self.ratio:g}"
+        return pattern_to_str(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,11 +186,10 @@ class Hidden:
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio, owner="Hidden")
         _check_choice("importance", self.importance, ("l1", "l2", "taylor"), owner="Hidden")
-        if self.round_to < 1:
-            raise ConfigError(f"Hidden.round_to must be >= 1, got {self.round_to!r}")
+        _check_int("round_to", self.round_to, owner="Hidden", low=1)
 
     def __str__(self) -> str:
-        return f"hidden:{self.ratio:g}"
+        return pattern_to_str(self)
 
 
 ElementPattern = Union[Unstructured, SemiStructured]
@@ -198,22 +207,40 @@ PATTERN_TYPES: dict[str, type] = {
 
 FormT = Literal["masked", "folded"]
 OP_TYPES = ("linear", "conv", "conv_transpose", "hf_conv1d", "matmul", "mha")
+# torch.onnx's dynamo exporter implements opset 18 and up (lower versions are silently exported as 18)
+MIN_OPSET = 18
+
+
+def max_opset() -> int:
+    """The newest opset the installed onnx package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
 
 
 @dataclass(frozen=True, kw_only=True)
 class CompileConfig:
     """What ``graphprune.compile`` does.
 
-    ``pattern``: one element-wise pattern (unstructured or N:M) and/or structured patterns.
+    ``pattern``: one element-wise pattern (unstructured or N:M) and/or structured patterns; a pattern
+    object, a pattern string (``"2:4"``, ``"heads:0.25,ffn:0.5"``), a dict with ``"type"`` (as in
+    ``to_dict``), or a list of these.
     ``include`` / ``exclude``: fnmatch globs over module fqns (a site is a candidate when it matches
-    some include glob, or include is empty, and matches no exclude glob).
+    some include glob, or include is empty, and matches no exclude glob); a string or a list of strings.
     ``op_types``: restrict candidates to these op kinds (see ``OP_TYPES``); empty means all.
-    ``overrides``: fqn glob -> pattern or ``None`` (leave dense); the last matching glob wins.
+    ``overrides``: fqn glob -> element-wise pattern (object, string or dict) or ``None`` / ``"dense"``
+    (leave dense); the last matching glob wins.
     ``form``: ``"folded"`` (zeros baked into plain weights; what TensorRT reads) or ``"masked"``
     (mask buffers, trainable, gradients masked).
     ``prune_tied``: prune weights shared by several modules (masks then apply to every use).
     ``permute``: before N:M masks, permute coupled channels so the masks keep more magnitude (the
     dense function is unchanged); ``permute_budget_s`` is the search time per channel group.
+    ``export_onnx`` / ``validate``: export ONNX / check it with onnxruntime (booleans).
+    ``opset``: ONNX opset (an int from ``MIN_OPSET`` to :func:`max_opset`), or None for the exporter's.
+
+    Every field is type-checked here, so ``CompileConfig(...)``, ``from_dict``, ``--config`` JSON and
+    ``compile(model, x, {...})`` accept and refuse the same values (ConfigError naming the field,
+    the value and what is allowed).
     """
 
     pattern: tuple[Pattern, ...] = (SemiStructured(),)
@@ -230,16 +257,9 @@ class CompileConfig:
     opset: int | None = None
 
     def __post_init__(self) -> None:
-        pat = self.pattern
-        if not isinstance(pat, tuple):
-            pat = (pat,) if not isinstance(pat, list) else tuple(pat)
-            object.__setattr__(self, "pattern", pat)
-        for p in self.pattern:
-            if not isinstance(p, tuple(PATTERN_TYPES.values())):
-                raise ConfigError(
-                    f"CompileConfig.pattern entries must be pattern objects "
-                    f"({', '.join(PATTERN_TYPES)}), got {p!r}; use parse_pattern('2:4') for strings"
-                )
+        object.__setattr__(self, "pattern", _coerce_patterns(self.pattern))
+        if not self.pattern:
+            raise ConfigError("CompileConfig.pattern is empty; give at least one pattern, e.g. '2:4'")
         element = [p for p in self.pattern if isinstance(p, (Unstructured, SemiStructured))]
         if len(element) > 1:
             raise ConfigError(
@@ -250,23 +270,27 @@ class CompileConfig:
             if sum(isinstance(p, kind) for p in self.pattern) > 1:
                 raise ConfigError(f"CompileConfig.pattern names {kind.__name__} twice")
         for name in ("include", "exclude", "op_types"):
-            v = getattr(self, name)
-            if isinstance(v, str):
-                v = (v,)
-            object.__setattr__(self, name, tuple(v))
+            object.__setattr__(self, name, _coerce_strings(name, getattr(self, name)))
         for t in self.op_types:
             _check_choice("op_types", t, OP_TYPES, owner="CompileConfig")
-        for glob, ov in dict(self.overrides).items():
-            if not isinstance(glob, str):
-                raise ConfigError(f"CompileConfig.overrides keys must be fqn glob strings, got {glob!r}")
-            if ov is not None and not isinstance(ov, (Unstructured, SemiStructured)):
-                raise ConfigError(
-                    f"CompileConfig.overrides[{glob!r}] must be an element-wise pattern or None, got {ov!r}"
-                )
+        object.__setattr__(self, "overrides", _coerce_overrides(self.overrides))
         _check_choice("form", self.form, ("masked", "folded"), owner="CompileConfig")
+        for name in ("prune_tied", "permute", "export_onnx", "validate"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ConfigError(f"CompileConfig.{name} must be true or false (a bool), got {v!r} ({type(v).__name__})")
         b = self.permute_budget_s
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not (math.isfinite(b) and b >= 0):
             raise ConfigError(f"CompileConfig.permute_budget_s must be a number of seconds >= 0, got {b!r}")
+        if self.opset is not None:
+            o = self.opset
+            if isinstance(o, bool) or not isinstance(o, int):
+                raise ConfigError(f"CompileConfig.opset must be an int (an ONNX opset version) or null, got {o!r} ({type(o).__name__})")
+            if not MIN_OPSET <= o <= max_opset():
+                raise ConfigError(
+                    f"CompileConfig.opset {o} is outside the supported range {MIN_OPSET}..{max_opset()} "
+                    f"(the ONNX exporter implements opset {MIN_OPSET} and up; the installed onnx knows up to {max_opset()})"
+                )
 
     @property
     def element_pattern(self) -> ElementPattern | None:
@@ -318,41 +342,101 @@ class CompileConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CompileConfig:
+        """A config from a JSON-like dict (the fields of ``to_dict``; any subset)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a CompileConfig must be given as an object of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = {str(k) for k in d} - known
         if unknown:
             raise ConfigError(
                 f"unknown CompileConfig field(s) {sorted(unknown)}; known fields: {sorted(known)}"
             )
-        kw = dict(d)
-        if "pattern" in kw:
-            raw = kw["pattern"]
-            if isinstance(raw, str):
-                kw["pattern"] = parse_pattern(raw)
-            else:
-                kw["pattern"] = tuple(pattern_from_dict(p) for p in raw)
-        if "overrides" in kw:
-            kw["overrides"] = {
-                g: (None if p is None else (parse_pattern(p)[0] if isinstance(p, str) else pattern_from_dict(p)))
-                for g, p in kw["overrides"].items()
-            }
-        for name in ("include", "exclude", "op_types"):
-            if name in kw:
-                kw[name] = tuple(kw[name])
-        return cls(**kw)
+        return cls(**dict(d))
 
     @classmethod
     def from_json(cls, path: str | Path) -> CompileConfig:
         p = Path(path)
         try:
-            data = json.loads(p.read_text())
+            if p.is_dir():
+                raise ConfigError(f"config file {p} is a directory; give a JSON file")
+            data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not text (binary data); give a JSON file") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"config file {p} is not valid JSON: {e}") from e
+        except RecursionError:
+            raise ConfigError(f"config file {p} nests too deeply to be a config") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from e
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a JSON object of CompileConfig fields")
+            raise ConfigError(f"config file {p} must hold a JSON object of CompileConfig fields, not {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def as_config(config: CompileConfig | Mapping[str, Any] | None) -> CompileConfig:
+    """The config a public entry point was given: None (defaults), a CompileConfig, or a dict of its fields."""
+    if config is None:
+        return CompileConfig()
+    if isinstance(config, CompileConfig):
+        return config
+    if isinstance(config, Mapping):
+        return CompileConfig.from_dict(config)
+    raise ConfigError(f"config must be a CompileConfig, a dict of its fields or None, got {type(config).__name__}")
+
+
+_PATTERN_ALLOWED = "a pattern string such as '2:4', a pattern object, a dict with a 'type' field, or a list of these"
+
+
+def _coerce_pattern_item(item: Any, *, where: str) -> tuple[Pattern, ...]:
+    if isinstance(item, tuple(PATTERN_TYPES.values())):
+        return (item,)  # type: ignore[return-value]
+    if isinstance(item, str):
+        return parse_pattern(item, _check=False)
+    if isinstance(item, Mapping):
+        return (pattern_from_dict(item),)
+    raise ConfigError(f"{where}: {item!r} ({type(item).__name__}) is not a pattern; allowed: {_PATTERN_ALLOWED}")
+
+
+def _coerce_patterns(value: Any) -> tuple[Pattern, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(p for item in value for p in _coerce_pattern_item(item, where="CompileConfig.pattern"))
+    return _coerce_pattern_item(value, where="CompileConfig.pattern")
+
+
+def _coerce_strings(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(
+        f"CompileConfig.{name} must be a string or a list of strings (fqn globs / op kinds), got {value!r} "
+        f"({type(value).__name__})"
+    )
+
+
+def _coerce_overrides(value: Any) -> dict[str, ElementPattern | None]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"CompileConfig.overrides must be an object mapping fqn globs to patterns (or null/'dense'), "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    out: dict[str, ElementPattern | None] = {}
+    for glob, ov in value.items():
+        if not isinstance(glob, str):
+            raise ConfigError(f"CompileConfig.overrides keys must be fqn glob strings, got {glob!r}")
+        if ov is None or (isinstance(ov, str) and ov.strip().lower() in ("dense", "none")):
+            out[glob] = None
+            continue
+        pats = _coerce_pattern_item(ov, where=f"CompileConfig.overrides[{glob!r}]")
+        if len(pats) != 1 or not isinstance(pats[0], (Unstructured, SemiStructured)):
+            raise ConfigError(
+                f"CompileConfig.overrides[{glob!r}] must be one element-wise pattern (N:M or unstructured) or "
+                f"null/'dense', got {ov!r}"
+            )
+        out[glob] = pats[0]
+    return out
 
 
 def pattern_to_dict(p: Pattern) -> dict[str, Any]:
@@ -366,7 +450,7 @@ def pattern_from_dict(d: Mapping[str, Any]) -> Pattern:
         raise ConfigError(f"a pattern must be an object with a 'type' field ({', '.join(PATTERN_TYPES)}), got {d!r}")
     kw = dict(d)
     t = kw.pop("type")
-    if t not in PATTERN_TYPES:
+    if not isinstance(t, str) or t not in PATTERN_TYPES:
         raise ConfigError(f"unknown pattern type {t!r}; known: {', '.join(PATTERN_TYPES)}")
     try:
         return PATTERN_TYPES[t](**kw)  # type: ignore[no-any-return]
@@ -374,56 +458,128 @@ def pattern_from_dict(d: Mapping[str, Any]) -> Pattern:
         raise ConfigError(f"bad fields for pattern {t}: {e}") from e
 
 
+# ---- pattern strings ----------------------------------------------------------------------------
+# CLI head -> (class, the field written after the colon)
+_HEADS: dict[str, tuple[type, str]] = {
+    "unstructured": (Unstructured, "sparsity"),
+    "channels": (Channels, "ratio"),
+    "heads": (Heads, "ratio"),
+    "ffn": (FFN, "ratio"),
+    "hidden": (Hidden, "ratio"),
+}
+
 _PATTERN_HELP = (
     "use N:M (e.g. 2:4, 4:8), unstructured:S with S in [0, 1) (e.g. unstructured:0.8), "
-    "channels:R, heads:R, ffn:R, hidden:R, or a comma-separated combination such as heads:0.25,ffn:0.5"
+    "channels:R, heads:R, ffn:R, hidden:R, or a comma-separated combination such as heads:0.25,ffn:0.5; "
+    "options follow '@', e.g. unstructured:0.8@global, 2:4@2d_greedy, channels:0.5@l2@round_to=4"
 )
+
+
+def _choice_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """Field name -> allowed values, for the Literal-typed fields of a pattern class."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: tuple(typing.get_args(hints[f.name]))
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is Literal
+    }
+
+
+def _number(x: float) -> str:
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def pattern_to_str(p: Pattern) -> str:
+    """The pattern string of ``p`` (see the module docstring); ``parse_pattern`` reads it back."""
+    main: tuple[str, ...]
+    if isinstance(p, SemiStructured):
+        text, main = f"{p.n}:{p.m}", ("n", "m")
+    else:
+        head = next(h for h, (cls, _) in _HEADS.items() if cls is type(p))
+        field_name = _HEADS[head][1]
+        text, main = f"{head}:{_number(getattr(p, field_name))}", (field_name,)
+    choices = _choice_fields(type(p))
+    for f in dataclasses.fields(p):
+        value = getattr(p, f.name)
+        if f.name in main or value == f.default:
+            continue
+        text += f"@{value}" if f.name in choices else f"@{f.name}={value}"
+    return text
+
+
+def _parse_options(cls: type, options: list[str], part: str) -> dict[str, Any]:
+    choices = _choice_fields(cls)
+    ints = {f.name for f in dataclasses.fields(cls) if f.name not in choices and f.type in ("int", int)}
+    kw: dict[str, Any] = {}
+    for opt in options:
+        name, eq, value = opt.partition("=")
+        name, value = name.strip(), value.strip()
+        if not eq:
+            owners = [n for n, allowed in choices.items() if name in allowed]
+            if len(owners) != 1:
+                known = sorted(v for allowed in choices.values() for v in allowed)
+                raise ConfigError(f"pattern {part!r}: option {opt!r} is not one of {known} nor name=value; {_PATTERN_HELP}")
+            name, value = owners[0], name
+        elif name in ints:
+            try:
+                kw[name] = int(value)
+            except ValueError:
+                raise ConfigError(f"pattern {part!r}: option {name} must be an integer, got {value!r}") from None
+            continue
+        elif name not in choices:
+            known = sorted([*choices, *ints])
+            raise ConfigError(f"pattern {part!r}: {cls.__name__} has no option {name!r}; options: {known}")
+        if name in kw:
+            raise ConfigError(f"pattern {part!r}: option {name} is given twice")
+        kw[name] = value
+    return kw
 
 
 def _parse_float(text: str, whole: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ConfigError(f"pattern {whole!r}: {text!r} is not a number; {_PATTERN_HELP}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"pattern {whole!r}: {text!r} is not a finite number; {_PATTERN_HELP}")
+    return value
 
 
-def parse_pattern(text: str) -> tuple[Pattern, ...]:
-    """Parse a CLI pattern string such as ``"2:4"``, ``"unstructured:0.8"`` or ``"heads:0.25,ffn:0.5"``."""
+def _parse_part(part: str) -> Pattern:
+    head, _, rest = part.partition(":")
+    key = head.strip().lower()
+    if not rest:
+        raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")
+    value, *options = rest.split("@")
+    if key.isdigit():
+        m_text, _, method = value.partition("/")
+        if not m_text.strip().isdigit():
+            raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")
+        n, m = int(key), int(m_text)
+        if not (0 < n < m):
+            raise ConfigError(f"pattern {part!r}: N:M needs 0 < N < M (keep N of every M), e.g. 2:4 or 4:8")
+        kw = _parse_options(SemiStructured, [method, *options] if method else options, part)
+        return SemiStructured(n=n, m=m, **kw)
+    if key not in _HEADS:
+        raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")
+    cls, field_name = _HEADS[key]
+    number = _parse_float(value, part)
+    if not (0 <= number < 1):
+        what = "unstructured sparsity must be in [0, 1) (the fraction of zeros)" if cls is Unstructured else "ratio must be in [0, 1) (the fraction removed)"
+        raise ConfigError(f"pattern {part!r}: {what}, got {number:g}")
+    return cls(**{field_name: number}, **_parse_options(cls, options, part))  # type: ignore[no-any-return]
+
+
+def parse_pattern(text: str, *, _check: bool = True) -> tuple[Pattern, ...]:
+    """Parse a pattern string such as ``"2:4"``, ``"unstructured:0.8@global"`` or ``"heads:0.25,ffn:0.5"``."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"pattern must be a non-empty string; {_PATTERN_HELP}")
     out: list[Pattern] = []
     for part in (s.strip() for s in text.split(",")):
         if not part:
             raise ConfigError(f"pattern {text!r} has an empty part; {_PATTERN_HELP}")
-        head, _, rest = part.partition(":")
-        key = head.lower()
-        if not rest:
-            raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")
-        if key.isdigit():
-            n_text, _, method = rest.partition("/")
-            if not n_text.isdigit():
-                raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")
-            n, m = int(head), int(n_text)
-            if not (0 < n < m):
-                raise ConfigError(
-                    f"pattern {part!r}: N:M needs 0 < N < M (keep N of every M), e.g. 2:4 or 4:8"
-                )
-            out.append(SemiStructured(n=n, m=m, method=method or "1d"))  # type: ignore[arg-type]
-        elif key == "unstructured":
-            value, _, scope = rest.partition("@")
-            sp = _parse_float(value, part)
-            if not (0 <= sp < 1):
-                raise ConfigError(
-                    f"pattern {part!r}: unstructured sparsity must be in [0, 1) (the fraction of zeros), got {sp:g}"
-                )
-            out.append(Unstructured(sparsity=sp, scope=(scope or "layer")))  # type: ignore[arg-type]
-        elif key in ("channels", "heads", "ffn", "hidden"):
-            r = _parse_float(rest, part)
-            if not (0 <= r < 1):
-                raise ConfigError(f"pattern {part!r}: ratio must be in [0, 1) (the fraction removed), got {r:g}")
-            cls = {"channels": Channels, "heads": Heads, "ffn": FFN, "hidden": Hidden}[key]
-            out.append(cls(ratio=r))
-        else:
-            raise ConfigError(f"pattern {part!r} is not understood; {_PATTERN_HELP}")
-    CompileConfig(pattern=tuple(out))  # validates combinations
+        out.append(_parse_part(part))
+    if _check:
+        CompileConfig(pattern=tuple(out))  # validates combinations
     return tuple(out)

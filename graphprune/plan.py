@@ -168,7 +168,7 @@ class Plan:
         """Write ``plan.json`` and ``tensors.safetensors`` into ``directory`` (created if needed)."""
         from safetensors.torch import save_file
 
-        from graphprune._io import atomic_write, atomic_write_text
+        from graphprune.io.files import atomic_write, atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

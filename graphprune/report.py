@@ -139,7 +139,7 @@ class CompileReport:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, default=_json_default)
         if path is not None:
-            from graphprune._io import atomic_write_text
+            from graphprune.io.files import atomic_write_text
 
             atomic_write_text(Path(path), text)
         return text

@@ -52,7 +52,7 @@ def save_pruned(model: nn.Module, path_dir: str | Path, delta: Mapping[str, Any]
     """Write ``delta.json`` and ``model.safetensors`` into ``path_dir`` (created if missing)."""
     from safetensors.torch import save_model
 
-    from graphprune._io import atomic_write, atomic_write_text
+    from graphprune.io.files import atomic_write, atomic_write_text
 
     d = _delta_of(delta)
     out = Path(path_dir)
@@ -67,7 +67,7 @@ def save_pruned(model: nn.Module, path_dir: str | Path, delta: Mapping[str, Any]
 
 def save_pretrained(model: nn.Module, path_dir: str | Path, delta: Mapping[str, Any] | Any, **kwargs: Any) -> Path:
     """``model.save_pretrained(path_dir)`` plus ``delta.json`` (so :func:`load` works too)."""
-    from graphprune._io import atomic_write_text
+    from graphprune.io.files import atomic_write_text
 
     d = _delta_of(delta)
     if not hasattr(model, "save_pretrained"):

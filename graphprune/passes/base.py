@@ -40,6 +40,7 @@ from graphprune.analysis.sites import Site
 from graphprune.capture import Capture
 from graphprune.config import CompileConfig, ElementPattern
 from graphprune.errors import GraphPruneError, PassError
+from graphprune.io.staging import StagedOutput
 from graphprune.report import CompileReport, Decision, PassRecord
 
 __all__ = [
@@ -87,7 +88,7 @@ class PassContext:
     report: CompileReport = field(default_factory=CompileReport)
     progress: bool = False
     dump_dir: Path | None = None
-    output_dir: Path | None = None  # where the run's files go (a staging folder under the CLI)
+    output: StagedOutput | None = None  # the run's output folder, staged: write to .file(name), report .final(name)
     original: nn.Module | None = None  # the caller's model: read, never changed (fidelity's reference)
     artifacts: dict[str, Any] = field(default_factory=dict)  # what one stage leaves for a later one (ONNX path, ...)
     ran: list[str] = field(default_factory=list)

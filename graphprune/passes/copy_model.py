@@ -2,6 +2,8 @@
 
 ``compile`` never mutates the caller's model: this stage deep-copies it once (in eval mode) and
 keeps the caller's object as ``ctx.original``, read later only as the dense reference (fidelity).
+Non-finite weights, inputs or outputs (NaN/Inf, or values that overflow in the forward) fail here with
+WeightError naming the layer, before any pruning work.
 Every other stage mutates the copy in place where it must, so a run holds at most one extra copy of
 the weights.
 """
@@ -15,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from graphprune.errors import InputError
+from graphprune.io.checks import check_finite
 from graphprune.passes.base import PassContext, PassResult, register_pass
 
 __all__ = ["CopyReport", "copy_model", "copy_stage"]
@@ -38,8 +41,9 @@ class CopyReport:
 
 @register_pass("copy", mutates=("module",))
 def copy_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResult:
-    """Deep-copy the caller's model once, in eval mode; the caller's object is kept only as the dense reference."""
+    """Deep-copy the caller's model once, in eval mode, and check its weights and outputs are finite."""
     work = copy_model(module)
     work.eval()
+    check_finite(work, ctx.example_inputs, label=ctx.report.model or type(module).__name__)  # before any pruning work
     ctx.original = module
     return PassResult(work, modified=True, report=CopyReport(sum(p.numel() for p in work.parameters())))

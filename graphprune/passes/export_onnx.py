@@ -1,4 +1,4 @@
-"""Stage ``export``: the pruned module (folded form) to ONNX in ``ctx.output_dir``.
+"""Stage ``export``: the pruned module (folded form) to ONNX in the run's (staged) output folder.
 
 :func:`graphprune.runtime.export.export_onnx` does the work (dynamo exporter, TorchScript exporter for
 scripted modules, graphsurgeon cleanup, checker, atomic write). The export record (which exporter
@@ -35,12 +35,13 @@ def export_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResu
     """Export the pruned (folded) module to ONNX and remember where each initializer came from."""
     from graphprune.runtime.export import export_onnx
 
-    if ctx.output_dir is None:
-        raise OutputError("stage 'export' needs an output directory")
-    path = ctx.output_dir / ONNX_NAME
+    if ctx.output is None:
+        raise OutputError("stage 'export' needs an output folder")
+    path = ctx.output.file(ONNX_NAME)
     rec = export_onnx(module, ctx.example_inputs, path, opset=ctx.config.opset)
-    ctx.artifacts["onnx_path"] = path
+    ctx.artifacts["onnx_path"] = path  # the staged file, read by audit and parity
     ctx.artifacts["export"] = rec
-    ctx.report.outputs["onnx"] = str(path)
+    final = str(ctx.output.final(ONNX_NAME))
+    ctx.report.outputs["onnx"] = final
     ctx.report.capture["onnx_exporter"] = rec.exporter
-    return PassResult(module, modified=False, report=ExportReport(str(path), rec.exporter))
+    return PassResult(module, modified=False, report=ExportReport(final, rec.exporter))

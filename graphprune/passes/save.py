@@ -1,4 +1,4 @@
-"""Stage ``save``: the pruned module as ``pruned.pt2`` (``torch.export.save``) in ``ctx.output_dir``, and,
+"""Stage ``save``: the pruned module as ``pruned.pt2`` (``torch.export.save``) in the run's (staged) output folder, and,
 after structured pruning, as ``delta.json`` + ``model.safetensors`` (:func:`graphprune.serialize.save_pruned`:
 the architecture delta and the weights, no pickle), so ``graphprune.load(folder, constructor)`` rebuilds
 the shrunk model from the dense constructor for further editing or training.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphprune._io import atomic_write
+from graphprune.io.pt2 import write_pt2
 from graphprune.passes.base import PassContext, PassResult, register_pass
 
 __all__ = ["SaveReport", "save_stage"]
@@ -39,18 +39,18 @@ class SaveReport:
 @register_pass("save")
 def save_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResult:
     """Write the pruned module as pruned.pt2 (torch.export), or say in a note why it could not be."""
-    if ctx.output_dir is None:
-        return PassResult(module, modified=False, report=SaveReport(None, "no output directory"))
-    path = ctx.output_dir / PT2_NAME
+    out = ctx.output
+    if out is None:
+        return PassResult(module, modified=False, report=SaveReport(None, "no output folder"))
     delta_path = None
     delta = ctx.artifacts.get("structured_delta")
     if delta is not None and not isinstance(module, torch.jit.ScriptModule):
         from graphprune.serialize import DELTA_FILE, WEIGHTS_FILE, save_pruned
 
-        save_pruned(module, ctx.output_dir, delta)
-        delta_path = str(ctx.output_dir / DELTA_FILE)
+        save_pruned(module, out.path, delta)  # both names are output names, staged like the rest
+        delta_path = str(out.final(DELTA_FILE))
         ctx.report.outputs["delta"] = delta_path
-        ctx.report.outputs["weights"] = str(ctx.output_dir / WEIGHTS_FILE)
+        ctx.report.outputs["weights"] = str(out.final(WEIGHTS_FILE))
     why = ""
     if isinstance(module, torch.jit.ScriptModule):
         why = "a TorchScript module cannot be re-exported with torch.export"
@@ -63,6 +63,7 @@ def save_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResult
         log.warning("pruned.pt2 not written: %s", why)
         ctx.report.notes.append(f"pruned.pt2 not written: {why[:300]}")
         return PassResult(module, modified=False, report=SaveReport(None, why, delta_path))
-    atomic_write(path, lambda p: torch.export.save(ep, str(p)))
-    ctx.report.outputs["pt2"] = str(path)
-    return PassResult(module, modified=False, report=SaveReport(str(path), delta=delta_path))
+    write_pt2(out.file(PT2_NAME), ep)  # a full disk is an OutputError, not a C++ abort
+    final = str(out.final(PT2_NAME))
+    ctx.report.outputs["pt2"] = final
+    return PassResult(module, modified=False, report=SaveReport(final, delta=delta_path))

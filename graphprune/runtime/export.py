@@ -50,8 +50,8 @@ import torch
 import torch.utils._pytree as pytree
 from onnx import numpy_helper
 
-from graphprune._io import atomic_write
 from graphprune.errors import InputError, OutputError, UnsupportedModelError, ValidationError
+from graphprune.io.files import atomic_write
 
 __all__ = ["ExportRecord", "export_onnx", "forward_input_names", "needs_external_data", "save_onnx"]
 
@@ -119,6 +119,20 @@ def _describe(e: BaseException) -> str:
         parts.append(f"{type(cur).__name__}: {first[:500]}")
         cur = cur.__cause__ or cur.__context__
     return " <- ".join(parts)
+
+
+_SOURCE_LINE = re.compile(r"# File: (\S+ in \w+), code: (.*)")
+
+
+def _data_dependent_hint(e: BaseException, output: str) -> str:
+    """For a branch on tensor values: where it is in the user's code and what to do, in one line."""
+    chain = " ".join(f"{type(c).__name__} {c}" for c in (e, e.__cause__, e.__context__) if c is not None)
+    if "DataDependent" not in chain and "data-dependent" not in chain:
+        return ""
+    lines = _SOURCE_LINE.findall(output)
+    where = f" at {lines[-1][0]} ({lines[-1][1].strip()[:120]})" if lines else ""
+    return (f"; the model branches on tensor values{where}, which torch.export cannot capture: "
+            "use torch.cond or make the branch independent of the data")
 
 
 def _tail(text: str, limit: int = 2000) -> str:
@@ -373,10 +387,12 @@ def export_onnx(
                     model, example_inputs, opset=opset, input_names=names, dynamic=dynamic, notes=notes
                 )
     except Exception as e:
-        log = _tail(_ANSI.sub("", captured.getvalue()))
+        output = _ANSI.sub("", captured.getvalue())
+        if output.strip():  # the exporter's graph dumps: for -v, not for the one-line error
+            logging.getLogger("graphprune").debug("exporter output:\n%s", _tail(output))
         raise UnsupportedModelError(
             f"ONNX export of {type(model).__name__} with the {exporter} exporter failed: {_describe(e)}"
-            + (f"\nexporter output:\n{log}" if log else "")
+            + _data_dependent_hint(e, output)
         ) from e
     proto = _cleanup(proto)
     big = needs_external_data(proto)

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import torch
 
-from graphprune.errors import ConfigError, DependencyError, InputError
+from graphprune.errors import ConfigError, DependencyError, InputError, UnsupportedModelError
 from graphprune.runtime.compare import ParityStats, compare_outputs, flatten_outputs
 
 __all__ = ["check_parity", "ort_session", "random_inputs", "run_onnx"]
@@ -126,6 +126,11 @@ def ort_session(
     try:
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
+        if "NOT_IMPLEMENTED" in str(e):  # a valid model with an op/dtype ORT's CPU provider lacks (e.g. bf16 Gemm)
+            raise UnsupportedModelError(
+                f"onnxruntime (CPU) cannot run {path.name}: {str(e).split(' : ')[-1]}; use float32, or skip the "
+                "onnxruntime check (--no-validate / validate=False)"
+            ) from e
         raise InputError(f"onnxruntime cannot load {path}: {e}") from e
     # add_initializer does not copy: the arrays and OrtValues must outlive the session.
     session._graphprune_keepalive = (so, keep)

@@ -51,7 +51,11 @@ def magnitude(weight: Tensor) -> Tensor:
 
 def as_rows_by_k(t: Tensor, axis: int) -> Tensor:
     """View ``t`` as ``[R, K]``: K (``axis``) last, every other axis flattened into rows, in order."""
-    return t.movedim(axis, -1).reshape(-1, t.shape[axis])
+    moved = t.movedim(axis, -1)
+    rows = 1
+    for d in moved.shape[:-1]:
+        rows *= d
+    return moved.reshape(rows, t.shape[axis])  # not -1: ambiguous when K is 0 (an empty weight)
 
 
 def from_rows_by_k(rows: Tensor, shape: torch.Size | tuple[int, ...], axis: int) -> Tensor:

@@ -37,9 +37,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from graphprune._io import atomic_write
 from graphprune.config import SemiStructured, Unstructured, parse_pattern
 from graphprune.errors import ConfigError, OutputError, ValidationError
+from graphprune.io.files import atomic_write
 from graphprune.report import Decision, SkipReason
 from graphprune.runtime.audit import (
     AuditReport,

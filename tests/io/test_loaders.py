@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from graphprune.errors import ConfigError, InputError
-from graphprune.inputs import load_model, parse_input_shape
+from graphprune.io.loaders import load_model, parse_input_shape
 
 
 def _mlp():
@@ -115,3 +115,33 @@ def test_parse_input_shape():
     for bad in ("1,a", "0,3", "2:complex"):
         with pytest.raises(ConfigError):
             parse_input_shape(bad)
+
+
+@pytest.mark.parametrize("kind", ["forward", "setstate"])
+def test_torchscript_that_writes_files_is_refused_before_loading(tmp_path, kind):
+    from tests.io.hostile_files import hostile_torchscript
+
+    marker = tmp_path / "marker"
+    path = hostile_torchscript(tmp_path, kind, marker)
+    with pytest.raises(InputError, match="calls 'torch.save'"):
+        load_model(path, input_shapes=["2,16"])
+    assert not marker.exists()
+    try:  # what torch itself does with the file: the code runs (at load for __setstate__)
+        torch.jit.load(str(path))(torch.randn(2, 16))
+    except Exception:
+        pass
+    assert marker.exists()
+
+
+def test_factory_errors_name_the_factory(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "gp_bad_syntax.py").write_text("def build(:\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(InputError, match=r"factory gp_bad_syntax:build: importing 'gp_bad_syntax' failed: SyntaxError"):
+        load_model("gp_bad_syntax:build")
+    with pytest.raises(InputError, match=r"called sys.exit\(0\)"):
+        load_model("tests.hostile:exits")
+    with pytest.raises(InputError, match="raised RuntimeError: the factory's own bug"):
+        load_model("tests.hostile:raises")
