@@ -69,6 +69,7 @@ __all__ = [
     "CSRLinear",
     "CastSemiStructuredLinear",
     "LayerForm",
+    "PreflightMemo",
     "SparseFormsConfig",
     "SparseFormsReport",
     "apply_sparse_forms",
