@@ -472,6 +472,9 @@ def choose_form(
     return rec, chosen
 
 
+_CHECK_ROWS = 256
+
+
 def _problem_input(x: Tensor, tokens: int, k: int) -> Tensor:
     """The real 2-D input when it has ``tokens`` rows, else a seeded random one of that many rows."""
     x2 = x.reshape(-1, k)
@@ -499,7 +502,10 @@ def _choose_semi(rec: LayerForm, lin: nn.Linear, mod: Any, x: Tensor, opts: Spar
         rec.reason = "converted without measuring (measure=False)"
         return rec, mod
     with torch.no_grad():
-        ref = lin(x)
+        ref = lin(x).reshape(-1, n)
+    # the one tolerance policy on _CHECK_ROWS rows spread over the output (every row when fewer), and
+    # every element finite: a full comparison of each layer's output on the host would dominate the pre-flight
+    rows = torch.linspace(0, ref.shape[0] - 1, min(ref.shape[0], _CHECK_ROWS), device=ref.device).round().long().unique()
     routes: dict[int, Any] = {}
     failures: list[str] = []
     verified: set[int] = set()
@@ -509,11 +515,14 @@ def _choose_semi(rec: LayerForm, lin: nn.Linear, mod: Any, x: Tensor, opts: Spar
             return True
         try:
             with torch.no_grad():
-                out = mod.sparse_mm(x, alg)
+                out = mod.sparse_mm(x, alg).reshape(-1, n)
         except Exception as e:
             failures.append(f"alg {alg}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
             return False
-        stats = compare_outputs(ref, out)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(ref).all()):
+            failures.append(f"alg {alg}: non-finite output where dense is finite")
+            return False
+        stats = compare_outputs(ref[rows], out[rows])
         if not stats.ok:
             failures.append(f"alg {alg}: output differs from dense ({stats.summary()})")
             return False
@@ -527,7 +536,7 @@ def _choose_semi(rec: LayerForm, lin: nn.Linear, mod: Any, x: Tensor, opts: Spar
     for tokens in counts:
         problem = (n, k, tokens, dtype, has_bias, opts.mode)
         shared = memo.timings.get(problem) if opts.share_shape_timings else None
-        if shared is not None and all(numbers_ok(a) for a in shared["algs"]):
+        if shared is not None and numbers_ok(int(shared["alg_id"])):
             shape = {**shared, "shared_with": shared["layer"]}
         else:
             xt = _problem_input(x, tokens, k)
@@ -539,12 +548,12 @@ def _choose_semi(rec: LayerForm, lin: nn.Linear, mod: Any, x: Tensor, opts: Spar
                     algs = list(dict.fromkeys([0, mod._kernel.search(mod.packed, xt, mod.bias)]))
                 except Exception as e:  # the search is an optimisation: alg 0 still runs
                     memo.notes.append(f"{rec.name}: algorithm search failed for {key} ({type(e).__name__}: {str(e)[:120]}); using alg 0")
-            algs = [a for a in algs if numbers_ok(a)] or [0]
             fns: dict[str, Callable[[], Any]] = {"dense": functools.partial(lin, xt)}
             for a in algs:
                 fns[f"alg{a}"] = functools.partial(mod.sparse_mm, xt, a)
             t = time_alternating(fns, warmup=opts.warmup, blocks=opts.blocks, min_block_s=opts.min_block_s, sync=xt.is_cuda, mode=opts.mode)
-            best = min(algs, key=lambda a: t[f"alg{a}"].median_ms)
+            ranked = sorted(algs, key=lambda a: t[f"alg{a}"].median_ms)
+            best = next((a for a in ranked if numbers_ok(a)), 0)  # alg 0 was verified above
             if cached is None:
                 memo.algs.put(key, AlgEntry(best, t[f"alg{best}"].median_ms, t["alg0"].median_ms if "alg0" in t else None,
                                             {a: t[f"alg{a}"].median_ms for a in algs}))

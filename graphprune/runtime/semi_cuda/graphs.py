@@ -73,6 +73,7 @@ class CudaGraphCapturer:
             raise DependencyError("CUDA-graph capture needs a CUDA GPU (torch.cuda.is_available() is False)")
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
+        sync_error: str | None = None
         with torch.cuda.stream(side):
             for i in range(self.warmup):
                 if i == 0 and self.sync_check:
@@ -80,6 +81,8 @@ class CudaGraphCapturer:
                     torch.cuda.set_sync_debug_mode("error")
                     try:
                         fn()
+                    except RuntimeError as e:  # a host sync: the capture will likely fail; say where
+                        sync_error = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                     finally:
                         torch.cuda.set_sync_debug_mode(before)
                 else:
@@ -87,8 +90,13 @@ class CudaGraphCapturer:
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
+        try:
+            with torch.cuda.graph(graph):
+                out = fn()
+        except Exception as e:
+            if sync_error:
+                raise RuntimeError(f"{e} (a warm-up run synchronised with the host: {sync_error})") from e
+            raise
         return graph.replay, out
 
 
