@@ -125,7 +125,8 @@ def step_layers(ctx: Ctx) -> None:
     shapes = TINY_LAYER_SHAPES if ctx.dry else LAYER_SHAPES
     tokens_list = (16, 32) if ctx.dry else (1024, 4096)
     rows: list[dict[str, Any]] = []
-    for dname, dtype in DTYPES.items():
+    for dname in ctx.args.dtypes.split(","):
+        dtype = DTYPES[dname]
         for sname, (k, n) in shapes.items():
             for tokens in tokens_list:
                 w = w24(n, k, dtype, ctx.device)
@@ -135,7 +136,7 @@ def step_layers(ctx: Ctx) -> None:
                 with torch.no_grad():
                     ref = F.linear(x, w)
                     ok = compare_outputs(ref, layer.sparse_mm(x, 0)).ok
-                    searched = layer._kernel.search(layer.packed, x, None)
+                    searched = layer._kernel.search(layer.packed, x, None)  # 0 for fp16 (see kernels.py)
                     ok_s = compare_outputs(ref, layer.sparse_mm(x, searched)).ok
                 fns: dict[str, Callable[[], Any]] = {"dense": functools.partial(F.linear, x, w), "sparse_alg0": functools.partial(layer.sparse_mm, x, 0)}
                 if searched != 0:
@@ -154,7 +155,7 @@ def step_layers(ctx: Ctx) -> None:
                     f"(alg0 {row['graph']['ratio_alg0']:.2f}x, searched alg {searched}), dense graph {row['graph']['dense']['median_ms']:.3f} ms, numbers ok {row['numbers_ok']}")
                 del layer, w, x, ref
     print_layers(rows)
-    ctx.save("layers", {"rows": rows, "note": "ratio = dense median / 2:4 median (>1: 2:4 faster); graph = CUDA-graph replay, copies per replay in graph_reps"})
+    ctx.save(f"layers_{ctx.args.dtypes.replace(',', '_')}", {"rows": rows, "note": "ratio = dense median / 2:4 median (>1: 2:4 faster); graph = CUDA-graph replay, copies per replay in graph_reps"})
 
 
 def print_layers(rows: list[dict[str, Any]]) -> None:
@@ -282,33 +283,101 @@ def e2e_variant(ctx: Ctx, dname: str, fused: bool) -> dict[str, Any]:
     return out
 
 
+def e2e_compiled_variant(ctx: Ctx, dname: str) -> dict[str, Any]:
+    """The ~1B decoder through torch.compile on both sides: inductor mode="reduce-overhead" (dense) vs
+    the graphprune backend (accelerate only: the decoder weights are already 2:4, lm_head dense; CUDA
+    graphs automatic). Prefill only: a decode shape would recompile both with dynamic shapes."""
+    from graphprune.backend import REPORTS, register
+
+    register()
+    dtype = DTYPES[dname]
+    batch, seq = (2, 16) if ctx.dry else (4, 1024)
+    t_start = time.time()
+    dense = llama(ctx, dtype)
+    pruned = copy.deepcopy(dense)
+    prune_decoder(pruned)
+    gen = torch.Generator(device=ctx.device).manual_seed(0)
+    ids = torch.randint(0, dense.config.vocab_size, (batch, seq), generator=gen, device=ctx.device)
+    with torch.no_grad():
+        ref = pruned(input_ids=ids, use_cache=False).logits[:, -64:]
+    sync = torch.cuda.synchronize if not ctx.dry else (lambda: None)
+
+    def call(c: Callable[..., Any]) -> Any:
+        if not ctx.dry:
+            torch.compiler.cudagraph_mark_step_begin()
+        return c(input_ids=ids, use_cache=False).logits
+
+    torch._dynamo.reset()
+    REPORTS.clear()
+    compiled = {"dense": torch.compile(dense, **({"mode": "reduce-overhead"} if not ctx.dry else {})),
+                "2:4": torch.compile(pruned, backend="graphprune", options={"alg_cache": str(ctx.out / "alg_cache.json")})}
+    compile_s: dict[str, float] = {}
+    outs: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for k, c in compiled.items():
+            sync()
+            t0 = time.perf_counter()
+            call(c)
+            sync()
+            compile_s[k] = time.perf_counter() - t0
+            for _ in range(2):
+                o = call(c)
+            outs[k] = o[:, -64:].clone()
+            log(f"e2e compiled {dname} {k}: first call (compile) {compile_s[k]:.1f} s")
+        parity = compare_outputs(ref, outs["2:4"])
+        t = time_alternating({k: functools.partial(call, c) for k, c in compiled.items()}, warmup=3, blocks=ctx.blocks + 2,
+                             min_block_s=0.0 if ctx.dry else 0.1, sync=not ctx.dry)
+    reps = list(REPORTS)
+    forms = [f for r in reps for f in r.forms]
+    out = {
+        "dtype": dname, "kind": "torch.compile both sides", "prefill": [batch, seq],
+        "mode": "dense: inductor mode=reduce-overhead; 2:4: graphprune backend (inductor + CUDA graphs); lm_head dense on both",
+        "compile_s": compile_s, "compile_ratio": compile_s["2:4"] / compile_s["dense"],
+        "graphs": len(reps), "compiler": sorted({r.compiler for r in reps}),
+        "converted": sum(1 for f in forms if f.get("chosen") != "dense"), "linears": len(forms),
+        "parity_graph": parity.summary(), "parity_graph_ok": parity.ok,
+        "prefill_ms": {k: v.to_dict() for k, v in t.items()}, "prefill_ratio": speedup(t["dense"], t["2:4"]),
+        "wall_s": time.time() - t_start,
+    }
+    log(f"e2e compiled {dname}: dense {t['dense'].median_ms:.2f} ms, 2:4 {t['2:4'].median_ms:.2f} ms -> {out['prefill_ratio']:.3f}x; "
+        f"{out['converted']}/{out['linears']} linears 2:4; parity {parity.ok}")
+    del compiled, dense, pruned
+    torch._dynamo.reset()
+    return out
+
+
 def step_e2e(ctx: Ctx) -> None:
-    variants = [(d, f == "fused") for d in ctx.args.e2e_dtypes.split(",") for f in ("unfused", "fused")]
+    variants = [v.strip().split("-", 1) for v in ctx.args.e2e_variants.split(",") if v.strip()]
     results: list[dict[str, Any]] = []
     budget = ctx.args.e2e_budget_s
-    for dname, fused in variants:
+    for dname, kind in variants:
+        fused = kind == "fused"
         if time.time() - T0 > budget and results:
-            log(f"e2e: skipping {dname} fused={fused} (budget {budget} s spent)")
-            results.append({"dtype": dname, "fused_gate_up": fused, "skipped": f"budget {budget} s"})
+            log(f"e2e: skipping {dname}-{kind} (budget {budget} s spent)")
+            results.append({"dtype": dname, "kind": kind, "skipped": f"budget {budget} s"})
             continue
         try:
-            results.append(e2e_variant(ctx, dname, fused))
+            if kind == "compiled":
+                results.append(e2e_compiled_variant(ctx, dname))
+            else:
+                results.append(e2e_variant(ctx, dname, fused))
         except Exception as e:
             traceback.print_exc()
-            results.append({"dtype": dname, "fused_gate_up": fused, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+            results.append({"dtype": dname, "kind": kind, "error": f"{type(e).__name__}: {str(e)[:500]}"})
         finally:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        ctx.save("e2e", {"variants": results})
-    print(f"\n{'dtype':<5} {'gate/up':<8} {'dense ms':>9} {'2:4 ms':>8} {'prefill x':>9} {'decode x':>9} {'converted':>10} parity")
-    for r in results:
+        ctx.save(f"e2e_{ctx.args.e2e_variants.replace(',', '_')}", {"variants": results})
+    print(f"\n{'variant':<16} {'dense ms':>9} {'2:4 ms':>8} {'prefill x':>9} {'decode x':>9} {'converted':>10} parity")
+    for (dname, kind), r in zip(variants, results):
+        label = f"{dname}-{kind}"
         if "prefill_ratio" in r:
-            print(f"{r['dtype']:<5} {'fused' if r['fused_gate_up'] else 'separate':<8} {r['prefill_ms']['dense']['median_ms']:>9.2f} "
-                  f"{r['prefill_ms']['2:4']['median_ms']:>8.2f} {r['prefill_ratio']:>9.3f} {r['decode_ratio']:>9.3f} "
-                  f"{r['converted']:>4}/{r['linears']:<5} {r['parity_graph_ok']}")
+            decode = f"{r['decode_ratio']:>9.3f}" if "decode_ratio" in r else f"{'-':>9}"
+            print(f"{label:<16} {r['prefill_ms']['dense']['median_ms']:>9.2f} {r['prefill_ms']['2:4']['median_ms']:>8.2f} "
+                  f"{r['prefill_ratio']:>9.3f} {decode} {r['converted']:>4}/{r['linears']:<5} {r['parity_graph_ok']}")
         else:
-            print(f"{r['dtype']:<5} {'fused' if r['fused_gate_up'] else 'separate':<8} {r.get('error') or r.get('skipped')}")
+            print(f"{label:<16} {r.get('error') or r.get('skipped')}")
 
 
 # ---- step: torch.compile ----------------------------------------------------------------------------------------
@@ -400,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="env,layers,e2e,compile", help="comma list of env, layers, e2e, compile")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, reference kernel, stand-in capturer")
     ap.add_argument("--blocks", type=int, default=7, help="alternating timed blocks (default 7)")
-    ap.add_argument("--e2e-dtypes", default="bf16,fp16", help="dtypes of the end-to-end variants, in order (default bf16,fp16)")
+    ap.add_argument("--dtypes", default="fp16,bf16", help="dtypes of the per-layer step (default fp16,bf16)")
+    ap.add_argument("--e2e-variants", default="bf16-unfused,bf16-fused,bf16-compiled,fp16-unfused",
+                    help="end-to-end variants DTYPE-KIND in order; KIND: unfused, fused (gate/up), compiled (torch.compile both sides)")
     ap.add_argument("--e2e-budget-s", type=float, default=1e9, help="start no further end-to-end variant after this many seconds")
     args = ap.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():

@@ -8,7 +8,11 @@ A :class:`SemiKernel` turns a 2:4 weight ``W`` ``[N, K]`` into its packed form o
   with ``transpose_result=True`` (the same call ``torch.sparse.to_sparse_semi_structured`` makes for
   ``F.linear``, without the tensor-subclass dispatch). ``M`` is padded up to the kernel's minimum
   (8 rows for fp16/bf16) and the padding sliced off. :meth:`~CusparseltKernel.search` asks
-  cuSPARSELt for its fastest algorithm id (``torch._cslt_sparse_mm_search``).
+  cuSPARSELt for its fastest algorithm id (``torch._cslt_sparse_mm_search``) for bf16 only: on an
+  H100 with cuSPARSELt 0.8.0 (torch 2.11.0+cu130, 2026-11-27) the fp16 search of this transposed
+  product failed with ``internal error when calling cusparseLtMatmulSearch`` and left the CUDA
+  context broken (the next kernel: "an illegal instruction was encountered"), so fp16 runs
+  algorithm 0, the one ``to_sparse_semi_structured`` uses.
 - ``reference`` (:class:`ReferenceKernel`): the same interface on any device with ``F.linear``
   (the "packed" weight is the dense weight). It exists so that the runtime's bookkeeping (routes,
   algorithm ids, graphs, artifacts) is tested on machines without a GPU; it is never chosen
@@ -77,7 +81,11 @@ class CusparseltKernel:
         y = torch._cslt_sparse_mm(packed, xp.t(), bias, transpose_result=True, alg_id=int(alg_id))
         return y[:m] if y.shape[0] != m else y
 
+    SEARCH_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
+
     def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None) -> int:
+        if x2.dtype not in self.SEARCH_DTYPES:  # see the module docstring: 0 is the safe default
+            return 0
         xp, _ = self._padded(x2)
         found = torch._cslt_sparse_mm_search(packed, xp.t(), bias, transpose_result=True)
         return int(found[0] if isinstance(found, (tuple, list)) else found)
