@@ -133,16 +133,21 @@ def step_layers(ctx: Ctx) -> None:
                 gen = torch.Generator(device=ctx.device).manual_seed(1)
                 x = torch.randn(tokens, k, generator=gen, device=ctx.device, dtype=torch.float32).to(dtype)
                 layer = SemiSparseLinear(w, None, kernel=ctx.kernel)
+                fns: dict[str, Callable[[], Any]] = {"dense": functools.partial(F.linear, x, w)}
+                checks: dict[str, bool] = {}
                 with torch.no_grad():
                     ref = F.linear(x, w)
-                    ok = compare_outputs(ref, layer.sparse_mm(x, 0)).ok
-                    searched = layer._kernel.search(layer.packed, x, None)  # 0 for fp16 (see kernels.py)
-                    ok_s = compare_outputs(ref, layer.sparse_mm(x, searched)).ok
-                fns: dict[str, Callable[[], Any]] = {"dense": functools.partial(F.linear, x, w), "sparse_alg0": functools.partial(layer.sparse_mm, x, 0)}
-                if searched != 0:
-                    fns[f"sparse_alg{searched}"] = functools.partial(layer.sparse_mm, x, searched)
-                row: dict[str, Any] = {"shape": sname, "in": k, "out": n, "tokens": tokens, "dtype": dname, "searched_alg": searched,
-                                       "numbers_ok": ok and ok_s, "flops": 2 * tokens * k * n}
+                    cfgs = [(0, False)]  # what to_sparse_semi_structured runs
+                    for transpose in (False, True):
+                        found = layer._kernel.search(layer.packed, x, None, transpose)  # None: skipped (kernels.py)
+                        if found is not None:
+                            cfgs.append((found, transpose))
+                    for a, tr in dict.fromkeys(cfgs):
+                        name = f"sparse_alg{a}{'t' if tr else ''}"
+                        checks[name] = compare_outputs(ref, layer.sparse_mm(x, a, tr)).ok
+                        fns[name] = functools.partial(layer.sparse_mm, x, a, tr)
+                row: dict[str, Any] = {"shape": sname, "in": k, "out": n, "tokens": tokens, "dtype": dname, "configs": list(checks),
+                                       "numbers_ok": all(checks.values()), "checks": checks, "flops": 2 * tokens * k * n}
                 for mode in ("eager", "graph"):
                     t = timed(fns, ctx, mode)
                     best = min((f for f in t if f != "dense"), key=lambda f: t[f].median_ms)
@@ -152,7 +157,7 @@ def step_layers(ctx: Ctx) -> None:
                     row[mode]["ratio_best"] = speedup(t["dense"], t[best])
                 rows.append(row)
                 log(f"layers {dname} {sname} x{tokens}: eager {row['eager']['ratio_best']:.2f}x, graph {row['graph']['ratio_best']:.2f}x "
-                    f"(alg0 {row['graph']['ratio_alg0']:.2f}x, searched alg {searched}), dense graph {row['graph']['dense']['median_ms']:.3f} ms, numbers ok {row['numbers_ok']}")
+                    f"({row['graph']['best']}; alg0 {row['graph']['ratio_alg0']:.2f}x), dense graph {row['graph']['dense']['median_ms']:.3f} ms, numbers ok {row['numbers_ok']}")
                 del layer, w, x, ref
     print_layers(rows)
     ctx.save(f"layers_{ctx.args.dtypes.replace(',', '_')}", {"rows": rows, "note": "ratio = dense median / 2:4 median (>1: 2:4 faster); graph = CUDA-graph replay, copies per replay in graph_reps"})

@@ -87,7 +87,7 @@ def test_bench_on_cuda_graph_mode(tmp_path):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2048, 8192), nn.GELU(), nn.Linear(8192, 2048)).eval()
-    cfg = CompileConfig(pattern=(SemiStructured(2, 4),))
+    cfg = CompileConfig(pattern=(SemiStructured(n=2, m=4),))
     rep = bench_model(model, (torch.randn(4, 512, 2048),), cfg, device="cuda", token_counts=(4,), out_dir=tmp_path, blocks=3, chart=False)
     assert rep.settings["mode"] == "graph" and rep.settings["dtype"] == "float16" and "cusparselt" in rep.settings
     assert rep.ratio is not None and {r.name for r in rep.layers} >= {"0", "2"}

@@ -36,8 +36,10 @@ input (rows of its 2-D view, e.g. 4 × 1024 = 4096 for a prefill) plus ``token_c
 batch-4 decode step, timed on random inputs of that many rows). Each count gets a route (sparse
 with the fastest algorithm id, or dense) and a record in ``LayerForm.shapes`` (tokens, medians, ratio,
 algorithm, choice). The layer becomes a ``SemiSparseLinear`` when any count chose sparse; it keeps a
-dense copy of the weight only when some count chose dense. Algorithm ids: ``{0, the id cuSPARSELt's
-search returns}`` are timed in the same blocks and the faster kept; the choice per (shape, dtype) is
+dense copy of the weight only when some count chose dense. Kernel configurations: algorithm 0 (the
+``to_sparse_semi_structured`` call) and, per output layout, the algorithm cuSPARSELt's search returns
+(:mod:`graphprune.runtime.semi_cuda.kernels`) are timed in the same blocks and the fastest whose
+numbers match dense is kept; the choice per (shape, dtype) is
 cached in an :class:`~graphprune.runtime.semi_cuda.AlgCache` (``alg_cache``: a JSON file, read and
 updated). Layers of the same shape share one timing per token count (``share_shape_timings``; the
 numbers check still runs per layer), so a 22-layer decoder times each distinct shape once.
@@ -508,65 +510,80 @@ def _choose_semi(rec: LayerForm, lin: nn.Linear, mod: Any, x: Tensor, opts: Spar
     rows = torch.linspace(0, ref.shape[0] - 1, min(ref.shape[0], _CHECK_ROWS), device=ref.device).round().long().unique()
     routes: dict[int, Any] = {}
     failures: list[str] = []
-    verified: set[int] = set()
+    verified: set[tuple[int, bool]] = set()
 
-    def numbers_ok(alg: int) -> bool:
-        if alg in verified:
+    def cfg_label(alg: int, transpose: bool) -> str:
+        return f"alg{alg}{'t' if transpose else ''}"
+
+    def numbers_ok(alg: int, transpose: bool) -> bool:
+        if (alg, transpose) in verified:
             return True
+        name = cfg_label(alg, transpose)
         try:
             with torch.no_grad():
-                out = mod.sparse_mm(x, alg).reshape(-1, n)
+                out = mod.sparse_mm(x, alg, transpose).reshape(-1, n)
         except Exception as e:
-            failures.append(f"alg {alg}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+            failures.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
             return False
         if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(ref).all()):
-            failures.append(f"alg {alg}: non-finite output where dense is finite")
+            failures.append(f"{name}: non-finite output where dense is finite")
             return False
         stats = compare_outputs(ref[rows], out[rows])
         if not stats.ok:
-            failures.append(f"alg {alg}: output differs from dense ({stats.summary()})")
+            failures.append(f"{name}: output differs from dense ({stats.summary()})")
             return False
-        verified.add(alg)
+        verified.add((alg, transpose))
         return True
 
-    if not numbers_ok(0):
+    if not numbers_ok(0, False):
         rec.reason = "; ".join(failures)
         return rec, None
     min_ratio = max(1.0, opts.min_speedup)
     for tokens in counts:
         problem = (n, k, tokens, dtype, has_bias, opts.mode)
         shared = memo.timings.get(problem) if opts.share_shape_timings else None
-        if shared is not None and numbers_ok(int(shared["alg_id"])):
+        if shared is not None and numbers_ok(int(shared["alg_id"]), bool(shared["transpose"])):
             shape = {**shared, "shared_with": shared["layer"]}
         else:
             xt = _problem_input(x, tokens, k)
             key = alg_key(n, k, tokens, mod.dtype, has_bias)
             cached = memo.algs.get(key)
-            algs = [cached.alg_id] if cached is not None else [0]
-            if cached is None and opts.alg_search:
-                try:
-                    algs = list(dict.fromkeys([0, mod._kernel.search(mod.packed, xt, mod.bias)]))
-                except Exception as e:  # the search is an optimisation: alg 0 still runs
-                    memo.notes.append(f"{rec.name}: algorithm search failed for {key} ({type(e).__name__}: {str(e)[:120]}); using alg 0")
+            # configurations: algorithm 0 untransposed (what to_sparse_semi_structured runs), then the
+            # searched algorithm of each layout (kernels.py says which searches are skipped)
+            cfgs: list[tuple[int, bool]] = [(0, False)]
+            if cached is not None:
+                cfgs.append((cached.alg_id, cached.transpose))
+            elif opts.alg_search:
+                for transpose in (False, True):
+                    try:
+                        found = mod._kernel.search(mod.packed, xt, mod.bias, transpose)
+                    except Exception as e:  # the search is an optimisation: alg 0 still runs
+                        memo.notes.append(f"{rec.name}: algorithm search failed for {key} transpose={transpose} ({type(e).__name__}: {str(e)[:120]})")
+                        continue
+                    if found is not None:
+                        cfgs.append((int(found), transpose))
+            cfgs = list(dict.fromkeys(cfgs))
             fns: dict[str, Callable[[], Any]] = {"dense": functools.partial(lin, xt)}
-            for a in algs:
-                fns[f"alg{a}"] = functools.partial(mod.sparse_mm, xt, a)
+            for a, tr in cfgs:
+                fns[cfg_label(a, tr)] = functools.partial(mod.sparse_mm, xt, a, tr)
             t = time_alternating(fns, warmup=opts.warmup, blocks=opts.blocks, min_block_s=opts.min_block_s, sync=xt.is_cuda, mode=opts.mode)
-            ranked = sorted(algs, key=lambda a: t[f"alg{a}"].median_ms)
-            best = next((a for a in ranked if numbers_ok(a)), 0)  # alg 0 was verified above
+            ranked = sorted(cfgs, key=lambda c: t[cfg_label(*c)].median_ms)
+            best = next((c for c in ranked if numbers_ok(*c)), (0, False))  # (0, False) was verified above
+            best_name = cfg_label(*best)
             if cached is None:
-                memo.algs.put(key, AlgEntry(best, t[f"alg{best}"].median_ms, t["alg0"].median_ms if "alg0" in t else None,
-                                            {a: t[f"alg{a}"].median_ms for a in algs}))
-            ratio = speedup(t["dense"], t[f"alg{best}"])
+                memo.algs.put(key, AlgEntry(best[0], t[best_name].median_ms, t["alg0"].median_ms,
+                                            {cfg_label(*c): t[cfg_label(*c)].median_ms for c in cfgs}, transpose=best[1]))
+            ratio = speedup(t["dense"], t[best_name])
             shape = {
                 "tokens": tokens,
                 "input_shape": list(x.shape) if tokens == real_tokens else [tokens, k],
                 "mode": opts.mode,
                 "dense_ms": t["dense"].median_ms,
-                "sparse_ms": t[f"alg{best}"].median_ms,
+                "sparse_ms": t[best_name].median_ms,
                 "ratio": ratio,
-                "alg_id": best,
-                "algs": algs,
+                "alg_id": best[0],
+                "transpose": best[1],
+                "configs": [cfg_label(*c) for c in cfgs],
                 "forms_ms": {name: v.median_ms for name, v in t.items()},
                 "chosen": label if ratio >= min_ratio else "dense",
                 "layer": rec.name,
@@ -574,14 +591,15 @@ def _choose_semi(rec: LayerForm, lin: nn.Linear, mod: Any, x: Tensor, opts: Spar
             memo.timings[problem] = shape
         rec.shapes.append({kk: v for kk, v in shape.items() if kk != "layer"})
         if shape["chosen"] == label:
-            routes[tokens] = Route("sparse", int(shape["alg_id"]), float(shape["ratio"]))
+            routes[tokens] = Route("sparse", int(shape["alg_id"]), float(shape["ratio"]), bool(shape["transpose"]))
         else:
             routes[tokens] = Route("dense", 0, float(shape["ratio"]))
     first = rec.shapes[0]
     rec.dense_ms, rec.sparse_ms, rec.ratio = first["dense_ms"], first["sparse_ms"], first["ratio"]
     rec.forms_ms = dict(first["forms_ms"])
     parts = [
-        f"{s['tokens']} tokens: {s['ratio']:.2f}x -> {'sparse (alg ' + str(s['alg_id']) + ')' if s['chosen'] == label else 'dense'}"
+        f"{s['tokens']} tokens: {s['ratio']:.2f}x -> "
+        + (f"sparse (alg {s['alg_id']}{', transposed' if s['transpose'] else ''})" if s["chosen"] == label else "dense")
         + (f" [timing shared with {s['shared_with']}]" if "shared_with" in s else "")
         for s in rec.shapes
     ]

@@ -12,8 +12,12 @@ File format (``alg_cache.json``)::
 
     {"format": "graphprune.semi-algs/1",
      "env": {"gpu": "NVIDIA H100 80GB HBM3", "cusparselt": "0.8.0", "torch": "2.11.0+cu130"},
-     "entries": {"float16|N=11008|K=4096|M=4096|bias=0": {"alg_id": 1, "ms": 0.35, "default_ms": 0.37,
-                                                           "candidates": {"0": 0.37, "1": 0.35}}}}
+     "entries": {"bfloat16|N=11008|K=4096|M=4096|bias=0": {"alg_id": 17, "transpose": true, "ms": 0.38,
+                 "default_ms": 0.47, "candidates": {"alg0": 0.47, "alg25": 0.41, "alg17t": 0.38}}}}
+
+``transpose`` is the output layout (:mod:`~graphprune.runtime.semi_cuda.kernels`); ``default_ms`` the
+time of algorithm 0 in the untransposed layout (what ``to_sparse_semi_structured`` runs);
+``candidates`` every configuration timed (``alg<id>``, ``t`` for the transposed layout).
 
 A file that is not JSON, has another format, or holds an impossible entry (alg_id not an int >= 0,
 a key that does not parse) raises :class:`~graphprune.errors.InputError` naming the file and the
@@ -71,10 +75,11 @@ class AlgEntry:
     alg_id: int
     ms: float | None = None
     default_ms: float | None = None
-    candidates: dict[int, float] = field(default_factory=dict)
+    candidates: dict[str, float] = field(default_factory=dict)
+    transpose: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alg_id": self.alg_id, "ms": self.ms, "default_ms": self.default_ms, "candidates": {str(k): v for k, v in self.candidates.items()}}
+        return {"alg_id": self.alg_id, "transpose": self.transpose, "ms": self.ms, "default_ms": self.default_ms, "candidates": dict(self.candidates)}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> AlgEntry:
@@ -93,10 +98,13 @@ class AlgEntry:
         if not isinstance(cands_raw, Mapping):
             raise InputError(f"{where}: candidates must be an object")
         try:
-            cands = {int(k): float(v) for k, v in cands_raw.items()}
+            cands = {str(k): float(v) for k, v in cands_raw.items()}
         except (TypeError, ValueError) as e:
-            raise InputError(f"{where}: candidates must map alg ids to ms ({e})") from e
-        return cls(alg_id=alg, ms=nums["ms"], default_ms=nums["default_ms"], candidates=cands)
+            raise InputError(f"{where}: candidates must map configurations to ms ({e})") from e
+        transpose = d.get("transpose", False)
+        if not isinstance(transpose, bool):
+            raise InputError(f"{where}: transpose must be true or false, got {transpose!r}")
+        return cls(alg_id=alg, ms=nums["ms"], default_ms=nums["default_ms"], candidates=cands, transpose=transpose)
 
 
 class AlgCache:

@@ -2,17 +2,21 @@
 
 A :class:`SemiKernel` turns a 2:4 weight ``W`` ``[N, K]`` into its packed form once
 (:meth:`~SemiKernel.compress`) and then computes ``x2 @ W.T + b`` for a 2-D input ``x2`` ``[M, K]``
-(:meth:`~SemiKernel.mm`, result ``[M, N]``, contiguous) with a chosen algorithm id.
+(:meth:`~SemiKernel.mm`, result ``[M, N]``) with a chosen algorithm id and output layout.
 
-- ``cusparselt`` (:class:`CusparseltKernel`): ``torch._cslt_compress`` / ``torch._cslt_sparse_mm``
-  with ``transpose_result=True`` (the same call ``torch.sparse.to_sparse_semi_structured`` makes for
-  ``F.linear``, without the tensor-subclass dispatch). ``M`` is padded up to the kernel's minimum
-  (8 rows for fp16/bf16) and the padding sliced off. :meth:`~CusparseltKernel.search` asks
-  cuSPARSELt for its fastest algorithm id (``torch._cslt_sparse_mm_search``) for bf16 only: on an
-  H100 with cuSPARSELt 0.8.0 (torch 2.11.0+cu130, 2026-11-27) the fp16 search of this transposed
-  product failed with ``internal error when calling cusparseLtMatmulSearch`` and left the CUDA
-  context broken (the next kernel: "an illegal instruction was encountered"), so fp16 runs
-  algorithm 0, the one ``to_sparse_semi_structured`` uses.
+- ``cusparselt`` (:class:`CusparseltKernel`): ``torch._cslt_compress`` / ``torch._cslt_sparse_mm``.
+  ``M`` is padded up to the kernel's minimum (8 rows for fp16/bf16) and the padding sliced off.
+  Two output layouts: ``transpose=False`` computes ``W @ x2.T`` (``[N, M]``) and returns its
+  transposed *view* ``[M, N]`` (strides ``(1, M)``), exactly what ``F.linear`` on a
+  ``to_sparse_semi_structured`` weight returns; ``transpose=True`` asks cuSPARSELt for the
+  transposed result (``transpose_result=True``, a contiguous ``[M, N]``). Which is faster depends on
+  dtype, shape and algorithm, so the pre-flight times both. :meth:`~CusparseltKernel.search` asks
+  cuSPARSELt for its fastest algorithm id of one layout (``torch._cslt_sparse_mm_search``), except
+  for fp16 with ``transpose=True``: on an H100 with cuSPARSELt 0.8.0 (torch 2.11.0+cu130,
+  2026-11-27) that search failed with ``internal error when calling cusparseLtMatmulSearch`` and
+  left the CUDA context broken ("an illegal instruction was encountered" at the next kernel), and
+  fp16 ``transpose=True`` with algorithm 0 ran at 0.45-0.6x dense; fp16 ``transpose=False`` and
+  bf16 in both layouts searched fine.
 - ``reference`` (:class:`ReferenceKernel`): the same interface on any device with ``F.linear``
   (the "packed" weight is the dense weight). It exists so that the runtime's bookkeeping (routes,
   algorithm ids, graphs, artifacts) is tested on machines without a GPU; it is never chosen
@@ -41,9 +45,9 @@ class SemiKernel(Protocol):
 
     def compress(self, weight: Tensor) -> Tensor: ...
 
-    def mm(self, packed: Tensor, x2: Tensor, bias: Tensor | None, alg_id: int) -> Tensor: ...
+    def mm(self, packed: Tensor, x2: Tensor, bias: Tensor | None, alg_id: int, transpose: bool = False) -> Tensor: ...
 
-    def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None) -> int: ...
+    def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None, transpose: bool = False) -> int | None: ...
 
     def max_alg_id(self) -> int | None: ...
 
@@ -76,18 +80,21 @@ class CusparseltKernel:
             x2 = F.pad(x2, (0, 0, 0, pad))
         return x2, m
 
-    def mm(self, packed: Tensor, x2: Tensor, bias: Tensor | None, alg_id: int) -> Tensor:
+    def mm(self, packed: Tensor, x2: Tensor, bias: Tensor | None, alg_id: int, transpose: bool = False) -> Tensor:
         xp, m = self._padded(x2)
-        y = torch._cslt_sparse_mm(packed, xp.t(), bias, transpose_result=True, alg_id=int(alg_id))
-        return y[:m] if y.shape[0] != m else y
+        y = torch._cslt_sparse_mm(packed, xp.t(), bias, transpose_result=bool(transpose), alg_id=int(alg_id))
+        if transpose:  # [Mp, N], contiguous
+            return y[:m] if y.shape[0] != m else y
+        return (y[:, :m] if y.shape[1] != m else y).t()  # [N, Mp] -> a [M, N] view
 
-    SEARCH_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
+    # (dtype, transpose) pairs whose algorithm search misbehaved (module docstring): never searched
+    NO_SEARCH: frozenset[tuple[torch.dtype, bool]] = frozenset({(torch.float16, True)})
 
-    def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None) -> int:
-        if x2.dtype not in self.SEARCH_DTYPES:  # see the module docstring: 0 is the safe default
-            return 0
+    def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None, transpose: bool = False) -> int | None:
+        if (x2.dtype, bool(transpose)) in self.NO_SEARCH:
+            return None
         xp, _ = self._padded(x2)
-        found = torch._cslt_sparse_mm_search(packed, xp.t(), bias, transpose_result=True)
+        found = torch._cslt_sparse_mm_search(packed, xp.t(), bias, transpose_result=bool(transpose))
         return int(found[0] if isinstance(found, (tuple, list)) else found)
 
     def max_alg_id(self) -> int | None:
@@ -116,13 +123,14 @@ class ReferenceKernel:
     def compress(self, weight: Tensor) -> Tensor:
         return weight.detach().contiguous().clone()
 
-    def mm(self, packed: Tensor, x2: Tensor, bias: Tensor | None, alg_id: int) -> Tensor:
+    def mm(self, packed: Tensor, x2: Tensor, bias: Tensor | None, alg_id: int, transpose: bool = False) -> Tensor:
         if not 0 <= int(alg_id) < self._algs:
             raise RuntimeError(f"reference kernel: alg_id {alg_id} out of range [0, {self._algs})")
-        return F.linear(x2, packed, bias)
+        y = F.linear(x2, packed, bias)
+        return y if transpose else y.t().contiguous().t()  # the cuSPARSELt layouts: contiguous, or a transposed view
 
-    def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None) -> int:
-        return self._algs - 1
+    def search(self, packed: Tensor, x2: Tensor, bias: Tensor | None, transpose: bool = False) -> int | None:
+        return self._algs - 1 if not transpose else self._algs - 2
 
     def max_alg_id(self) -> int | None:
         return self._algs - 1

@@ -14,7 +14,9 @@ library version: artifacts store the 2:4 weight in the checkpoint format and pac
 (:mod:`graphprune.runtime.semi_cuda.artifact`). :meth:`SemiSparseLinear.dense_weight` recovers the
 exact dense weight from the packed one (a product with the identity: one nonzero per sum, exact).
 
-The layer is frozen: a dtype change through ``.to()`` / ``.half()`` would reinterpret the packed
+The output of a sparse route may be a transposed view (the kernel's ``transpose=False`` layout, as
+``F.linear`` on a ``to_sparse_semi_structured`` weight returns); ``.contiguous()`` it where a
+contiguous tensor is required. The layer is frozen: a dtype change through ``.to()`` / ``.half()`` would reinterpret the packed
 bytes and is refused; moving it to another device is refused too (pack again instead).
 """
 
@@ -37,21 +39,25 @@ __all__ = ["Route", "SemiSparseLinear", "nearest_tokens"]
 
 @dataclass(frozen=True)
 class Route:
-    """How one token count runs: ``form`` ``"sparse"`` (with ``alg_id``) or ``"dense"``; ``ratio`` is
-    the measured ``dense_ms / sparse_ms`` that decided it (None when not measured)."""
+    """How one token count runs: ``form`` ``"sparse"`` (with ``alg_id`` and the output layout
+    ``transpose``, see :mod:`~graphprune.runtime.semi_cuda.kernels`) or ``"dense"``; ``ratio`` is the
+    measured ``dense_ms / sparse_ms`` that decided it (None when not measured)."""
 
     form: Literal["sparse", "dense"] = "sparse"
     alg_id: int = 0
     ratio: float | None = None
+    transpose: bool = False
 
     def __post_init__(self) -> None:
         if self.form not in ("sparse", "dense"):
             raise ConfigError(f"Route.form must be 'sparse' or 'dense', got {self.form!r}")
         if isinstance(self.alg_id, bool) or not isinstance(self.alg_id, int) or self.alg_id < 0:
             raise ConfigError(f"Route.alg_id must be an int >= 0, got {self.alg_id!r}")
+        if not isinstance(self.transpose, bool):
+            raise ConfigError(f"Route.transpose must be True or False, got {self.transpose!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"form": self.form, "alg_id": self.alg_id, "ratio": self.ratio}
+        return {"form": self.form, "alg_id": self.alg_id, "transpose": self.transpose, "ratio": self.ratio}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "route") -> Route:
@@ -62,7 +68,8 @@ class Route:
         if ratio is not None and not isinstance(ratio, (int, float)):
             raise InputError(f"{where}: ratio must be a number or null, got {ratio!r}")
         try:
-            return cls(form=d.get("form", "sparse"), alg_id=d.get("alg_id", 0), ratio=None if ratio is None else float(ratio))
+            return cls(form=d.get("form", "sparse"), alg_id=d.get("alg_id", 0), ratio=None if ratio is None else float(ratio),
+                       transpose=d.get("transpose", False))
         except ConfigError as e:
             raise InputError(f"{where}: {e}") from e
 
@@ -138,13 +145,14 @@ class SemiSparseLinear(nn.Module):
         if r.form == "dense" and self.weight_dense is not None:
             y = F.linear(x2, self.weight_dense, self.bias)
         else:
-            y = self._kernel.mm(self.packed, x2, self.bias, r.alg_id)
+            y = self._kernel.mm(self.packed, x2, self.bias, r.alg_id, r.transpose)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def sparse_mm(self, x: Tensor, alg_id: int) -> Tensor:
-        """The sparse product with ``alg_id``, whatever the routes say (the pre-flight times this)."""
+    def sparse_mm(self, x: Tensor, alg_id: int, transpose: bool = False) -> Tensor:
+        """The sparse product with ``alg_id`` and layout ``transpose``, whatever the routes say (the
+        pre-flight times this)."""
         x2 = x.reshape(-1, self.in_features)
-        return self._kernel.mm(self.packed, x2, self.bias, alg_id).reshape(*x.shape[:-1], self.out_features)
+        return self._kernel.mm(self.packed, x2, self.bias, alg_id, transpose).reshape(*x.shape[:-1], self.out_features)
 
     @torch.no_grad()
     def dense_weight(self, chunk: int = 4096) -> Tensor:
@@ -180,7 +188,9 @@ class SemiSparseLinear(nn.Module):
         return super()._apply(fn, recurse)  # type: ignore[no-any-return]
 
     def extra_repr(self) -> str:
-        routes = ", ".join(f"{t}:{r.form}" + (f"@alg{r.alg_id}" if r.form == "sparse" else "") for t, r in sorted(self.routes.items()))
+        routes = ", ".join(
+            f"{t}:{r.form}" + (f"@alg{r.alg_id}{'t' if r.transpose else ''}" if r.form == "sparse" else "") for t, r in sorted(self.routes.items())
+        )
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"kernel={self.kernel}, routes={{{routes or 'all:sparse@alg0'}}}, dense_copy={self.weight_dense is not None}"
