@@ -156,6 +156,7 @@ def step_layers(ctx: Ctx) -> None:
                     row[mode]["ratio_alg0"] = speedup(t["dense"], t["sparse_alg0"])
                     row[mode]["ratio_best"] = speedup(t["dense"], t[best])
                 rows.append(row)
+                ctx.save(f"layers_{ctx.args.dtypes.replace(',', '_')}", {"rows": rows, "partial": True})  # kept if a later row fails
                 log(f"layers {dname} {sname} x{tokens}: eager {row['eager']['ratio_best']:.2f}x, graph {row['graph']['ratio_best']:.2f}x "
                     f"({row['graph']['best']}; alg0 {row['graph']['ratio_alg0']:.2f}x), dense graph {row['graph']['dense']['median_ms']:.3f} ms, numbers ok {row['numbers_ok']}")
                 del layer, w, x, ref
