@@ -53,7 +53,31 @@ def machine_info(threads: int) -> dict[str, Any]:
     except ImportError:
         pass
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        info.update(gpu_info())
+    return info
+
+
+def gpu_info() -> dict[str, Any]:
+    """The GPU facts every GPU figure is recorded with: model, compute capability, driver, CUDA and
+    cuSPARSELt versions (empty without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    import subprocess
+
+    from graphprune.runtime.semi_cuda.kernels import get_kernel
+
+    major, minor = torch.cuda.get_device_capability()
+    info: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(),
+        "capability": f"{major}.{minor}",
+        "cuda": torch.version.cuda,
+        "cusparselt": get_kernel("cusparselt").version(),
+    }
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        info["driver"] = "unknown (nvidia-smi not found)"
     return info
 
 
@@ -81,7 +105,7 @@ def _timed_modules(model: nn.Module) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, mod in model.named_modules():
         kind = type(mod).__name__
-        if name and (isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or kind in ("CSRLinear", "Conv1D", "CastSemiStructuredLinear")):
+        if name and (isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or kind in ("CSRLinear", "Conv1D", "CastSemiStructuredLinear", "SemiSparseLinear")):
             out[name] = kind
     return out
 
@@ -119,6 +143,62 @@ def _bench_torch(dense: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], r
             row.note = f"shrunk {list(dw.shape)} -> {list(pw.shape)}"
         elif p_mods[name] != d_mods[name]:
             row.note = f"form {p_mods[name]}"
+        report.layers.append(row)
+
+
+# ---- CUDA ----------------------------------------------------------------------------------------------
+def _bench_cuda(
+    dense: nn.Module,
+    pruned: nn.Module,
+    inputs: tuple[Any, ...],
+    report: BenchReport,
+    *,
+    mode: str,
+    blocks: int,
+    warmup: int,
+    per_layer: bool,
+    capturer: Any = None,
+) -> None:
+    """Dense vs pruned on the device the models live on, in ``mode`` ("graph": each model replayed
+    from CUDA graphs, one per input shape; "eager"): end to end, then per layer on each layer's real
+    input, in the same mode (each layer captured on its own)."""
+    from graphprune.runtime.microbench import record_layer_inputs, time_alternating
+    from graphprune.runtime.semi_cuda.graphs import CudaGraphRunner
+
+    sync = any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs)
+    if mode == "graph":
+        rd = CudaGraphRunner(dense, clone_outputs=False, capturer=capturer, name="dense model")
+        rp = CudaGraphRunner(pruned, clone_outputs=False, capturer=capturer, name="pruned model")
+        fns = {"dense": functools.partial(rd, *inputs), "pruned": functools.partial(rp, *inputs)}
+    else:
+        fns = {"dense": functools.partial(dense, *inputs), "pruned": functools.partial(pruned, *inputs)}
+    t = time_alternating(fns, warmup=warmup, blocks=blocks, min_block_s=0.05, sync=sync)
+    report.end_to_end = {k: {"min_ms": v.min_ms, "median_ms": v.median_ms} for k, v in t.items()}
+    report.notes.append(
+        f"execution mode: {mode}" + (" (each model replayed from one CUDA graph per input shape; outputs not cloned)" if mode == "graph" else "")
+    )
+    if not per_layer:
+        return
+    d_mods, p_mods = _timed_modules(dense), _timed_modules(pruned)
+    names = [n for n in d_mods if n in p_mods]
+    d_in = record_layer_inputs(dense, inputs, names)
+    p_in = record_layer_inputs(pruned, inputs, names)
+    for name in names:
+        row = LayerTiming(name, op=p_mods[name])
+        if name not in d_in or name not in p_in:
+            row.note = "did not run on the example inputs"
+            report.layers.append(row)
+            continue
+        (da, dk), (pa, pk) = d_in[name], p_in[name]
+        dm, pm = dense.get_submodule(name), pruned.get_submodule(name)
+        lt = time_alternating(
+            {"dense": functools.partial(_call, dm, da, dk), "pruned": functools.partial(_call, pm, pa, pk)},
+            warmup=1, blocks=blocks, min_block_s=0.005, sync=sync, mode=mode, capturer=capturer,  # type: ignore[arg-type]
+        )
+        row.dense_ms, row.pruned_ms = lt["dense"].median_ms, lt["pruned"].median_ms
+        if p_mods[name] != d_mods[name]:
+            routes = getattr(pm, "routes", None)
+            row.note = f"form {p_mods[name]}" + (f" routes {{{', '.join(f'{k}: {r.form}' for k, r in sorted(routes.items()))}}}" if routes else "")
         report.layers.append(row)
 
 

@@ -20,20 +20,30 @@ What it does, in order:
    multiple of M, or read by other ops too, stay dense and the report says why.
 2. **Accelerate** (default on, grad mode off only): each ``linear`` with a constant weight is given
    the form :func:`graphprune.passes.fx.convert_sparse_forms.choose_form` picks by measurement at
-   the node's real input shape (CSR on CPU above the sparsity threshold; 2:4 semi-structured on
-   CUDA, fp16/bf16). A converted node becomes a call to the opaque custom op
-   ``graphprune::sparse_linear(x, handle)`` whose kernel lives on the graph module, so inductor
-   treats it as an extern call. Numerics are unchanged (checked per layer by ``choose_form``).
+   the node's real input shape (CSR on CPU above the sparsity threshold; 2:4 on CUDA, fp16/bf16,
+   as :class:`graphprune.runtime.semi_cuda.SemiSparseLinear`: the same runtime, algorithm cache and
+   per-shape decision as ``graphprune.compile``'s CUDA artifact). A converted node becomes a call to
+   the opaque custom op ``graphprune::sparse_linear(x, handle)`` whose kernel lives on the graph
+   module, so inductor treats it as an extern call. Numerics are unchanged (checked per layer by
+   ``choose_form``). Layers of one shape share one timing.
 3. **Inductor** (``options["inductor"]``, default True): the rewritten graph goes to
    ``torch._inductor.compile_fx.compile_fx``; if inductor fails (e.g. no C++ compiler on a CPU
    machine) the rewritten graph runs eagerly and the reason is logged and reported.
+
+**CUDA graphs** (``options["cudagraphs"]``: None = automatic, True, False). Each eager cuSPARSELt
+call costs ~0.5 ms of host set-up on an H100, so 2:4 only pays off when the compiled graph is
+replayed from a CUDA graph. Automatic: on CUDA inputs the pre-flight times dense vs 2:4 as graph
+replays, and when any layer was converted (or ``mode="reduce-overhead"`` was asked) inductor
+compiles with ``triton.cudagraphs`` on, exactly as ``torch.compile(mode="reduce-overhead")`` does;
+with none converted the graph compiles as plain inductor. ``cudagraphs=False`` times and runs eagerly.
 
 Every compiled graph appends a :class:`BackendReport` to :data:`REPORTS` (the last 32);
 :func:`last_report` returns the newest.
 
 Options (``torch.compile(..., options={...})``): ``pattern`` (str or pattern object, default None),
 ``accelerate`` (bool, True), ``inductor`` (bool, True), ``measure`` (bool, True), ``csr_threshold``
-(0.85), ``min_speedup`` (1.05), ``fp32_policy`` ("skip" | "fp16" | "bf16").
+(0.85), ``min_speedup`` (1.05), ``fp32_policy`` ("skip" | "fp16" | "bf16"), ``cudagraphs`` (None |
+bool), ``alg_cache`` (path of the JSON algorithm cache to read and update; default in memory).
 
 Weights are read when the graph is compiled: pruned constants and sparse forms are snapshots
 (Dynamo does not guard on parameter values), so recompile (``torch._dynamo.reset()``) after changing
@@ -65,7 +75,7 @@ log = logging.getLogger(__name__)
 __all__ = ["REPORTS", "BackendOptions", "BackendReport", "graphprune_backend", "last_report", "register"]
 
 _LINEAR_TARGETS: set[Any] = {torch._C._nn.linear, F.linear}
-_OPTION_KEYS = ("pattern", "accelerate", "inductor", "measure", "csr_threshold", "min_speedup", "fp32_policy")
+_OPTION_KEYS = ("pattern", "accelerate", "inductor", "measure", "csr_threshold", "min_speedup", "fp32_policy", "cudagraphs", "alg_cache")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +87,8 @@ class BackendOptions:
     csr_threshold: float = 0.85
     min_speedup: float = 1.05
     fp32_policy: str = "skip"
+    cudagraphs: bool | None = None
+    alg_cache: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> BackendOptions:
@@ -101,9 +113,13 @@ class BackendOptions:
         for key in ("accelerate", "inductor", "measure"):
             if key in opts and not isinstance(opts[key], bool):
                 raise ConfigError(f"backend option {key} must be True or False, got {opts[key]!r}")
+        if opts.get("cudagraphs") is not None and not isinstance(opts["cudagraphs"], bool):
+            raise ConfigError(f"backend option cudagraphs must be None (automatic), True or False, got {opts['cudagraphs']!r}")
+        if opts.get("alg_cache") is not None:
+            opts["alg_cache"] = str(opts["alg_cache"])
         return cls(**opts)
 
-    def forms_config(self) -> Any:
+    def forms_config(self, mode: str = "eager") -> Any:
         from graphprune.passes.fx.convert_sparse_forms import SparseFormsConfig
 
         return SparseFormsConfig(
@@ -111,6 +127,8 @@ class BackendOptions:
             min_speedup=self.min_speedup,
             measure=self.measure,
             fp32_policy=self.fp32_policy,  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]
+            alg_cache=self.alg_cache,
         )
 
 
@@ -167,11 +185,12 @@ def _sparse_linear_op() -> Any:
 
 
 def _accelerate(
-    gm: fx.GraphModule, values: dict[fx.Node, Tensor], opts: BackendOptions, report: BackendReport, kernels: list[nn.Module]
+    gm: fx.GraphModule, values: dict[fx.Node, Tensor], opts: BackendOptions, report: BackendReport, kernels: list[nn.Module], mode: str = "eager"
 ) -> None:
-    from graphprune.passes.fx.convert_sparse_forms import choose_form
+    from graphprune.passes.fx.convert_sparse_forms import PreflightMemo, choose_form
 
-    forms_cfg = opts.forms_config()
+    forms_cfg = opts.forms_config(mode)
+    memo = PreflightMemo(forms_cfg)
     op = None
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _LINEAR_TARGETS:
@@ -198,7 +217,7 @@ def _accelerate(
             lin.bias = nn.Parameter(b.detach(), requires_grad=False)
         gen = torch.Generator(device=w.device).manual_seed(0)
         x = torch.randn(tuple(fake.shape), generator=gen, device=w.device, dtype=torch.float32).to(fake.dtype)
-        rec, mod = choose_form(name, lin, x, forms_cfg)
+        rec, mod = choose_form(name, lin, x, forms_cfg, memo=memo)
         report.forms.append(rec.to_dict())
         if mod is None:
             continue
@@ -212,6 +231,8 @@ def _accelerate(
         new.meta["graphprune"] = {"pass": "backend-sparse-forms", "form": rec.chosen}
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
+    memo.save()
+    report.notes.extend(memo.notes)
 
 
 def graphprune_backend(gm: fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable[..., Any]:
@@ -222,22 +243,28 @@ def graphprune_backend(gm: fx.GraphModule, example_inputs: list[Any], **kwargs: 
     REPORTS.append(report)
     values = _static_weights(gm, list(example_inputs))
     kernels: list[nn.Module] = []
+    on_cuda = any(isinstance(t, Tensor) and t.is_cuda for t in example_inputs)
+    asked_graphs = kwargs.get("mode") == "reduce-overhead" or opts.cudagraphs is True
+    graph_mode = on_cuda and opts.cudagraphs is not False and opts.inductor
     if opts.pattern is not None:
         _prune(gm, values, opts, report)
     if opts.accelerate:
         if torch.is_grad_enabled():
             report.notes.append("grad mode is on: sparse runtime forms are inference-only, none applied")
         else:
-            _accelerate(gm, values, opts, report, kernels)
+            _accelerate(gm, values, opts, report, kernels, "graph" if graph_mode else "eager")
     gm.graph.lint()
     gm.recompile()
+    converted_cuda = any(f.get("chosen", "dense") != "dense" and f.get("device", "").startswith("cuda") for f in report.forms)
+    use_graphs = on_cuda and opts.cudagraphs is not False and (converted_cuda or asked_graphs)
     if opts.inductor:
         try:
             from torch._inductor.compile_fx import compile_fx
 
             work = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # inductor may rewrite the graph it gets
-            compiled = compile_fx(work, list(example_inputs))
-            report.compiler = "inductor"
+            patches = {"triton.cudagraphs": True} if use_graphs else None
+            compiled = compile_fx(work, list(example_inputs), config_patches=patches)
+            report.compiler = "inductor + CUDA graphs" if use_graphs else "inductor"
             return _keep_alive(cast(Callable[..., Any], compiled), kernels)
         except Exception as e:  # fall back to the rewritten graph, eagerly
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

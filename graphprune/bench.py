@@ -16,6 +16,12 @@ Runtimes:
   creates a session, warms it up, times it and deletes it). Per layer: a separate profiling run
   of each model (onnxruntime's profiler; median kernel time per node over the runs), matched by
   node name.
+- ``torch`` with ``device="cuda"``: the model is pruned on the CPU, then the dense and the pruned
+  model move to the GPU in ``dtype`` (fp16 by default); the pruned one gets its 2:4 forms from the
+  pre-flight in ``mode`` (``"graph"`` by default: dense vs 2:4 timed as CUDA-graph replays, per
+  token count: the real input's plus ``token_counts``) and both are timed in that same mode, end to
+  end and per layer. The GPU model, driver, CUDA and cuSPARSELt versions, dtype and mode go into the
+  report's settings.
 - ``tensorrt``: engines from the dense and the pruned ONNX (the pruned one with
   ``SPARSE_WEIGHTS``), fp16, timed with CUDA events; per layer: which layers picked sparse tactics
   (engine inspector and build log). Needs TensorRT and a GPU (DependencyError otherwise).
@@ -42,7 +48,7 @@ from graphprune._bench_timing import cpu_model as cpu_model
 from graphprune.errors import ConfigError, DependencyError
 from graphprune.io.staging import StagedOutput, output_folder
 
-__all__ = ["BenchReport", "LayerTiming", "add_bench_parser", "bench_model", "run_bench", "save_chart"]
+__all__ = ["BenchReport", "LayerTiming", "add_bench_parser", "bench_model", "parse_token_counts", "run_bench", "save_chart"]
 
 RuntimeT = Literal["torch", "ort", "tensorrt"]
 RUNTIMES: tuple[str, ...] = ("torch", "ort", "tensorrt")
@@ -64,10 +70,16 @@ def bench_model(
     sparse_forms: bool = True,
     chart: bool = True,
     progress: bool = False,
+    device: str = "cpu",
+    mode: Literal["eager", "graph"] = "graph",
+    dtype: torch.dtype | None = None,
+    token_counts: tuple[int, ...] = (),
 ) -> BenchReport:
     """Prune ``model`` with ``config`` (a CompileConfig; 2:4 by default) and time dense vs pruned on
     ``runtime``; writes ``bench.json`` (and ``bench.png``) into ``out_dir``. The caller's model is
-    not modified."""
+    not modified. ``device="cuda"`` (runtime ``torch`` only): time on the GPU in ``dtype`` (fp16
+    default) and ``mode`` (``"graph"``: CUDA-graph replay; ``"eager"``), deciding 2:4 per layer
+    for the real token count and ``token_counts``; ``mode`` and the rest are ignored on the CPU."""
     from graphprune.config import as_config
     from graphprune.io.staging import staged_output
 
@@ -75,6 +87,17 @@ def bench_model(
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if blocks < 1 or warmup < 0 or threads < 1:
         raise ConfigError(f"blocks must be >= 1, warmup >= 0 and threads >= 1 (got {blocks}, {warmup}, {threads})")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        if runtime != "torch":
+            raise ConfigError(f"device='cuda' times the torch runtime (the 2:4 CUDA runtime); got runtime={runtime!r}")
+        if mode not in ("eager", "graph"):
+            raise ConfigError(f"mode must be 'eager' or 'graph', got {mode!r}")
+        if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+            raise ConfigError(f"dtype for device='cuda' must be torch.float16 or torch.bfloat16 (the 2:4 kernels), got {dtype}")
+        if not torch.cuda.is_available():
+            raise DependencyError("bench device='cuda' needs a CUDA GPU (torch.cuda.is_available() is False)")
     if runtime == "tensorrt":
         from graphprune.runtime.tensorrt import require_tensorrt
 
@@ -83,12 +106,13 @@ def bench_model(
     with staged_output(out_dir) as stage:  # bench.json, the chart, dense.onnx and compile's files: one set
         return _bench_into(stage, model, tuple(example_inputs), config, runtime=runtime, model_name=model_name, blocks=blocks,
                            warmup=warmup, threads=threads, per_layer=per_layer, sparse_forms=sparse_forms, chart=chart,
-                           progress=progress)
+                           progress=progress, device=device, mode=mode, dtype=dtype, token_counts=token_counts)
 
 
 def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], config: Any, *, runtime: str,
                 model_name: str | None, blocks: int, warmup: int, threads: int, per_layer: bool, sparse_forms: bool,
-                chart: bool, progress: bool) -> BenchReport:
+                chart: bool, progress: bool, device: str, mode: Literal["eager", "graph"], dtype: torch.dtype | None,
+                token_counts: tuple[int, ...]) -> BenchReport:
     from graphprune.api import compile as gp_compile
     from graphprune.api import copy_model
 
@@ -100,7 +124,10 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
         result = gp_compile(model, inputs, cfg, output_dir=out, progress=progress, model_name=report.model)
         report.outputs["report"] = str(stage.final("report.json"))
         dense = copy_model(model).eval()
-        if runtime == "torch":
+        if runtime == "torch" and device == "cuda":
+            _bench_on_cuda(dense, result.model.eval(), inputs, report, dtype=dtype or torch.float16, mode=mode,
+                           token_counts=token_counts, sparse_forms=sparse_forms, blocks=blocks, warmup=warmup, per_layer=per_layer)
+        elif runtime == "torch":
             pruned = result.model.eval()
             if sparse_forms:
                 from graphprune.passes.fx.convert_sparse_forms import apply_sparse_forms
@@ -141,6 +168,42 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
     return report
 
 
+def _bench_on_cuda(
+    dense: nn.Module,
+    pruned: nn.Module,
+    inputs: tuple[Any, ...],
+    report: BenchReport,
+    *,
+    dtype: torch.dtype,
+    mode: str,
+    token_counts: tuple[int, ...],
+    sparse_forms: bool,
+    blocks: int,
+    warmup: int,
+    per_layer: bool,
+) -> None:
+    from graphprune._bench_timing import _bench_cuda
+
+    def move(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            return t.to("cuda", dtype) if t.is_floating_point() else t.to("cuda")
+        return t
+
+    dense = dense.to("cuda", dtype)
+    pruned = pruned.to("cuda", dtype)
+    cuda_inputs = tuple(move(t) for t in inputs)
+    report.settings.update({"device": "cuda", "dtype": str(dtype).removeprefix("torch."), "mode": mode})
+    if sparse_forms:
+        from graphprune.passes.fx.convert_sparse_forms import SparseFormsConfig, apply_sparse_forms
+
+        forms = apply_sparse_forms(pruned, cuda_inputs, SparseFormsConfig(mode=mode, token_counts=tuple(token_counts)))  # type: ignore[arg-type]
+        report.forms = [lf.to_dict() for lf in forms.layers]
+        report.notes.append(f"2:4 runtime forms: {len(forms.converted)} of {len(forms.layers)} Linear layers converted (measured in {mode} mode)")
+        report.notes.extend(forms.notes)
+    with torch.no_grad():
+        _bench_cuda(dense, pruned, cuda_inputs, report, mode=mode, blocks=blocks, warmup=warmup, per_layer=per_layer)
+
+
 # ---- CLI -----------------------------------------------------------------------------------------
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to ``graphprune``'s subparsers (handler: :func:`run_bench`)."""
@@ -159,8 +222,25 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--no-per-layer", action="store_true", help="end to end only")
     b.add_argument("--no-sparse-forms", action="store_true", help="torch: time the folded model without CSR forms")
     b.add_argument("--max-rows", type=int, default=40, help="rows of the per-layer table to print")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: time the 2:4 CUDA runtime on the GPU (torch runtime)")
+    b.add_argument("--mode", choices=("graph", "eager"), default="graph", help="cuda: execution mode timed (default graph = CUDA-graph replay)")
+    b.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="cuda: model dtype (default fp16)")
+    b.add_argument("--shapes", default="", metavar="TOKENS[,TOKENS...]",
+                   help="cuda: more token counts (rows of a layer's input) to decide 2:4 for, e.g. 4 for a batch-4 decode step")
     b.set_defaults(handler=run_bench)
     return b
+
+
+def parse_token_counts(text: str) -> tuple[int, ...]:
+    """``"4,4096"`` -> ``(4, 4096)``; ConfigError naming ``--shapes`` for anything else."""
+    out: list[int] = []
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"--shapes: {part!r} is not a token count (an int >= 1); e.g. --shapes 4,4096")
+        out.append(int(part))
+    return tuple(out)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -194,6 +274,10 @@ def run_bench(args: argparse.Namespace) -> int:
         per_layer=not args.no_per_layer,
         sparse_forms=not args.no_sparse_forms,
         progress=True,
+        device=getattr(args, "device", "cpu"),
+        mode=getattr(args, "mode", "graph"),
+        dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[getattr(args, "dtype", "fp16")],
+        token_counts=parse_token_counts(getattr(args, "shapes", "")),
     )
     print(rep.table(args.max_rows))
     for v in rep.outputs.values():
