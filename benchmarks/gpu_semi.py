@@ -45,8 +45,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graphprune._bench_timing import gpu_info
-from graphprune.passes.fx.convert_sparse_forms import SparseFormsConfig, apply_sparse_forms
+from graphprune.bench.timing import gpu_info
+from graphprune.passes.convert_sparse_forms import SparseFormsConfig, apply_sparse_forms
 from graphprune.runtime.compare import compare_outputs
 from graphprune.runtime.microbench import speedup, time_alternating
 from graphprune.runtime.semi_cuda import CudaGraphRunner, SemiSparseLinear, StandInCapturer, use_capturer
@@ -293,7 +293,7 @@ def e2e_compiled_variant(ctx: Ctx, dname: str) -> dict[str, Any]:
     """The ~1B decoder through torch.compile on both sides: inductor mode="reduce-overhead" (dense) vs
     the graphprune backend (accelerate only: the decoder weights are already 2:4, lm_head dense; CUDA
     graphs automatic). Prefill only: a decode shape would recompile both with dynamic shapes."""
-    from graphprune.backend import REPORTS, register
+    from graphprune.backend import graphprune_backend, register
 
     register()
     dtype = DTYPES[dname]
@@ -314,7 +314,7 @@ def e2e_compiled_variant(ctx: Ctx, dname: str) -> dict[str, Any]:
         return c(input_ids=ids, use_cache=False).logits
 
     torch._dynamo.reset()
-    REPORTS.clear()
+    graphprune_backend.reports.clear()
     compiled = {"dense": torch.compile(dense, **({"mode": "reduce-overhead"} if not ctx.dry else {})),
                 "2:4": torch.compile(pruned, backend="graphprune", options={"alg_cache": str(ctx.out / "alg_cache.json")})}
     compile_s: dict[str, float] = {}
@@ -333,7 +333,7 @@ def e2e_compiled_variant(ctx: Ctx, dname: str) -> dict[str, Any]:
         parity = compare_outputs(ref, outs["2:4"])
         t = time_alternating({k: functools.partial(call, c) for k, c in compiled.items()}, warmup=3, blocks=ctx.blocks + 2,
                              min_block_s=0.0 if ctx.dry else 0.1, sync=not ctx.dry)
-    reps = list(REPORTS)
+    reps = list(graphprune_backend.reports)
     forms = [f for r in reps for f in r.forms]
     out = {
         "dtype": dname, "kind": "torch.compile both sides", "prefill": [batch, seq],
@@ -390,7 +390,7 @@ def step_e2e(ctx: Ctx) -> None:
 def step_compile(ctx: Ctx) -> None:
     import torch._inductor.config as inductor_config
 
-    from graphprune.backend import REPORTS, register
+    from graphprune.backend import graphprune_backend, register
 
     register()
     inductor_config.force_disable_caches = True  # each compile pays in full; no FX-graph cache hits between them
@@ -434,12 +434,12 @@ def step_compile(ctx: Ctx) -> None:
     compiled_fns: dict[str, Callable[..., Any]] = {}
     for label, kwargs in (("inductor", {"mode": "reduce-overhead"} if not ctx.dry else {}),
                           ("graphprune", {"backend": "graphprune", "options": {"pattern": "2:4", "alg_cache": str(ctx.out / "alg_cache.json")}})):
-        REPORTS.clear()
+        graphprune_backend.reports.clear()
         c = torch.compile(model if label == "inductor" else copy.deepcopy(model), **kwargs)
         first, record, out = first_calls(c)
         results[label] = {"compile_s": first, "warmup_record_s": record}
         if label == "graphprune":
-            reps = list(REPORTS)
+            reps = list(graphprune_backend.reports)
             forms = [f for r in reps for f in r.forms]
             results[label].update({
                 "graphs": len(reps), "compiler": sorted({r.compiler for r in reps}),

@@ -44,7 +44,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graphprune.bench import machine_info
-from graphprune.passes.fx.convert_sparse_forms import CSR_FORMS, CSRLinear, SparseFormsConfig, apply_sparse_forms
+from graphprune.passes.convert_sparse_forms import CSR_FORMS, CSRLinear, SparseFormsConfig, apply_sparse_forms
 from graphprune.runtime.microbench import speedup, time_alternating
 from graphprune.sparsity import nm_mask, unstructured_mask
 

@@ -8,7 +8,7 @@ reports every layer's decision. Heavy optional dependencies are imported lazily.
 
 from __future__ import annotations
 
-from graphprune.api import CompileResult, compile
+from graphprune.api import CompileResult, compile, load
 from graphprune.config import FFN, Channels, CompileConfig, Heads, Hidden, SemiStructured, Unstructured, parse_pattern
 from graphprune.errors import (
     ConfigError,
@@ -22,7 +22,6 @@ from graphprune.errors import (
     WeightError,
 )
 from graphprune.report import CompileReport, Decision, SkipReason
-from graphprune.serialize import load
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from graphprune.errors import InputError, ValidationError
 from graphprune.io.staging import check_output_target, staged_output
 from graphprune.passes.base import PassContext, Stage, run_stages, stage
 from graphprune.passes.copy_model import copy_model
+from graphprune.passes.cuda_artifact import require_cuda
 from graphprune.passes.export_onnx import ONNX_NAME
 from graphprune.passes.permute_channels import PermuteChannelsConfig
 from graphprune.report import CompileReport
@@ -45,7 +46,7 @@ log = logging.getLogger("graphprune")
 
 REPORT_NAME = "report.json"
 
-__all__ = ["CompileResult", "compile", "compile_stages", "copy_model", "inspect_model", "prepare_output_dir"]
+__all__ = ["CompileResult", "compile", "compile_stages", "copy_model", "inspect_model", "load", "prepare_output_dir"]
 
 
 @dataclass
@@ -87,7 +88,9 @@ def compile_stages(config: CompileConfig, *, scripted: bool = False, progress: b
         if config.validate:
             stages.append(stage("parity"))
     stages.append(stage("save"))
-    if config.form == "masked" and not scripted:
+    if config.target == "cuda":
+        stages.append(stage("cuda-artifact"))
+    elif config.form == "masked" and not scripted:
         stages.append(stage("apply-masks", label="masked-form"))
     return stages
 
@@ -133,6 +136,8 @@ def compile(
     config = as_config(config)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config.target == "cuda":
+        require_cuda()  # before any work
     scratch = tempfile.TemporaryDirectory(prefix="graphprune-") if output_dir is None else None
     target = Path(output_dir) if output_dir is not None else Path(scratch.name)  # type: ignore[union-attr]
     try:
@@ -191,6 +196,30 @@ def inspect_model(model: nn.Module, example_inputs: Any, config: CompileConfig |
     upto = [s.name for s in stages].index("decide") + 1
     run_stages(stages[:upto], model, ctx)
     return ctx.report
+
+
+def load(path: str | Path, base: nn.Module | Callable[[], nn.Module], *, device: str | None = None, strict: bool = True) -> nn.Module:
+    """Rebuild a model graphprune saved, from its ORIGINAL (dense) constructor ``base`` (a module or a callable).
+
+    - a folder with ``semi_plan.json`` (``compile --target cuda``'s ``cuda/``), or ``device="cuda"``: the 2:4
+      CUDA artifact (:func:`graphprune.runtime.semi_cuda.load_semi_structured`), returned as a runner that
+      replays one CUDA graph per input shape;
+    - a folder with ``delta.json`` (a structured compile, or ``save_pruned``): the shrunk model
+      (:func:`graphprune.checkpoint.delta.load`), on the CPU unless ``device`` says otherwise.
+
+    Nothing is unpickled: JSON and safetensors only.
+    """
+    from graphprune.checkpoint.delta import load as load_delta
+    from graphprune.runtime.semi_cuda.artifact import SEMI_PLAN_FILE
+
+    folder = Path(path)
+    if device == "cuda" or (folder / SEMI_PLAN_FILE).exists():
+        require_cuda()
+        from graphprune.runtime.semi_cuda.artifact import load_semi_structured
+
+        return load_semi_structured(folder, base, device=device or "cuda")  # type: ignore[no-any-return]
+    model = load_delta(folder, base, strict=strict)
+    return model.to(device) if device is not None else model
 
 
 def prepare_output_dir(out_dir: Path, *, inputs: tuple[Path, ...] = ()) -> None:

@@ -76,6 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-validate", action="store_true", help="skip the onnxruntime parity check")
     c.add_argument("--dump-dir", type=output_folder, default=None, help="write the module before/after each pass")
     c.add_argument("--max-rows", type=int, default=60, help="rows of the per-layer table to print")
+    c.add_argument("--target", choices=["onnx", "cuda"], default=None,
+                   help="onnx (default); cuda: also write OUT/cuda, the 2:4 artifact for NVIDIA GPUs, decided by measurement "
+                        "on this machine's GPU (load it with graphprune.load(OUT/'cuda', constructor, device='cuda'))")
+    c.add_argument("--cuda-dtype", choices=["float16", "bfloat16"], default=None, help="dtype of the CUDA artifact (float16)")
+    c.add_argument("--cuda-mode", choices=["graph", "eager"], default=None,
+                   help="execution mode the CUDA artifact is measured and run in (graph: CUDA-graph replay, default)")
+    c.add_argument("--shapes", default=None, metavar="N[,N...]",
+                   help="more token counts (rows of a layer's input) to decide 2:4 for, e.g. 4 for decode; each is its own decision")
 
     i = sub.add_parser("inspect", help="show every candidate layer and its decision; writes nothing")
     model_args(i)
@@ -128,6 +136,13 @@ def _config(args: argparse.Namespace) -> Any:
         kw["form"] = args.form
     if getattr(args, "no_validate", False):
         kw["validate"] = False
+    for name in ("target", "cuda_dtype", "cuda_mode"):
+        if getattr(args, name, None):
+            kw[name] = getattr(args, name)
+    if getattr(args, "shapes", None):
+        from graphprune.bench import parse_token_counts
+
+        kw["token_counts"] = parse_token_counts(args.shapes)
     return dataclasses.replace(base, **kw) if kw else base
 
 

@@ -25,7 +25,6 @@ fields that differ from their defaults, and ``parse_pattern(str(p)) == (p,)`` fo
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import math
 import typing
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from graphprune.errors import ConfigError
+from graphprune.selector import Selector, matches_any
 
 ScopeT = Literal["layer", "global"]
 
@@ -237,6 +237,12 @@ class CompileConfig:
     dense function is unchanged); ``permute_budget_s`` is the search time per channel group.
     ``export_onnx`` / ``validate``: export ONNX / check it with onnxruntime (booleans).
     ``opset``: ONNX opset (an int from ``MIN_OPSET`` to :func:`max_opset`), or None for the exporter's.
+    ``target``: ``"onnx"`` (the ONNX and the pt2) or ``"cuda"``: also the loadable 2:4 CUDA artifact (the
+    folder ``cuda/``, loaded with ``graphprune.load(folder / "cuda", constructor, device="cuda")``), whose
+    layers are decided by measurement on this machine's GPU in ``cuda_mode`` (``"graph"``: CUDA-graph
+    replay, the mode the artifact runs in; ``"eager"``) and ``cuda_dtype`` (``"float16"`` /
+    ``"bfloat16"``) at the example inputs' token count plus ``token_counts`` (e.g. ``(4,)`` for decode:
+    each count is its own decision).
 
     Every field is type-checked here, so ``CompileConfig(...)``, ``from_dict``, ``--config`` JSON and
     ``compile(model, x, {...})`` accept and refuse the same values (ConfigError naming the field,
@@ -255,6 +261,10 @@ class CompileConfig:
     export_onnx: bool = True
     validate: bool = True
     opset: int | None = None
+    target: Literal["onnx", "cuda"] = "onnx"
+    cuda_dtype: Literal["float16", "bfloat16"] = "float16"
+    cuda_mode: Literal["graph", "eager"] = "graph"
+    token_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pattern", _coerce_patterns(self.pattern))
@@ -292,6 +302,18 @@ class CompileConfig:
                     f"(the ONNX exporter implements opset {MIN_OPSET} and up; the installed onnx knows up to {max_opset()})"
                 )
 
+        _check_choice("target", self.target, ("onnx", "cuda"), owner="CompileConfig")
+        _check_choice("cuda_dtype", self.cuda_dtype, ("float16", "bfloat16"), owner="CompileConfig")
+        _check_choice("cuda_mode", self.cuda_mode, ("graph", "eager"), owner="CompileConfig")
+        if self.target == "cuda" and self.form == "masked":
+            raise ConfigError("CompileConfig.target='cuda' ships the folded 2:4 form; form='masked' is for training (use one or the other)")
+        counts = self.token_counts
+        if isinstance(counts, int) and not isinstance(counts, bool):
+            counts = (counts,)
+        if not isinstance(counts, (list, tuple)) or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+            raise ConfigError(f"CompileConfig.token_counts must be a list of ints >= 1 (rows of a layer's input), got {self.token_counts!r}")
+        object.__setattr__(self, "token_counts", tuple(counts))
+
     @property
     def element_pattern(self) -> ElementPattern | None:
         for p in self.pattern:
@@ -309,18 +331,13 @@ class CompileConfig:
         ``names`` are the site's aliases (module fqn, parameter fqn): it is included when any
         matches an include glob (or include is empty) and excluded when any matches an exclude glob.
         """
-        def hit(globs: tuple[str, ...]) -> bool:
-            return any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)
-
-        if self.include and not hit(self.include):
-            return False
-        return not hit(self.exclude)
+        return Selector(self.include, self.exclude).selects(*names)
 
     def pattern_for(self, fqn: str) -> tuple[ElementPattern | None, str | None]:
         """The element-wise pattern for a site and the override glob that chose it (if any)."""
         chosen: tuple[ElementPattern | None, str | None] = (self.element_pattern, None)
         for glob, p in dict(self.overrides).items():
-            if fnmatch.fnmatchcase(fqn, glob) and (p is None or isinstance(p, (Unstructured, SemiStructured))):
+            if matches_any(fqn, (glob,)) and (p is None or isinstance(p, (Unstructured, SemiStructured))):
                 chosen = (p, glob)
         return chosen
 
@@ -338,6 +355,10 @@ class CompileConfig:
             "export_onnx": self.export_onnx,
             "validate": self.validate,
             "opset": self.opset,
+            "target": self.target,
+            "cuda_dtype": self.cuda_dtype,
+            "cuda_mode": self.cuda_mode,
+            "token_counts": list(self.token_counts),
         }
 
     @classmethod

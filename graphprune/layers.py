@@ -16,7 +16,7 @@ Differences from the dense module, all stated in the report:
 - ``nn.TransformerEncoderLayer``'s fused inference fast path is turned off for this module
   (``_qkv_same_embed_dim`` is False): that kernel derives the head width from ``embed_dim``.
 
-``CLASSES`` is the allow-list that :func:`graphprune.serialize.apply_delta` may install by name;
+``CLASSES`` is the allow-list that :func:`graphprune.checkpoint.delta.apply_delta` may install by name;
 a delta cannot make the loader import anything else.
 """
 

@@ -7,8 +7,7 @@ import gc
 import torch
 
 import graphprune
-from graphprune import CompileConfig, WeightError, parse_pattern
-from graphprune.serialize import load
+from graphprune import CompileConfig, WeightError, load, parse_pattern
 from models import zoo
 
 

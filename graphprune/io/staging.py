@@ -62,6 +62,7 @@ OUTPUT_NAMES: frozenset[str] = frozenset({
     "bench.json",  # bench: timings
     "bench.png",  # bench: chart
     FAILED_REPORT,  # the report of a failed run (removed by the next successful one)
+    "cuda",  # compile --target cuda: the loadable 2:4 CUDA artifact (a folder: weights, semi_plan.json, alg_cache.json)
 })
 
 _STAGE_TAG = "graphprune-stage"
@@ -206,7 +207,8 @@ class StagedOutput:
         self._remove_created()
 
     def written(self) -> list[str]:
-        return sorted(p.name for p in self.path.iterdir() if p.name in OUTPUT_NAMES and p.is_file())
+        """The output names this run wrote (files, and the folders among :data:`OUTPUT_NAMES`)."""
+        return sorted(p.name for p in self.path.iterdir() if p.name in OUTPUT_NAMES and (p.is_file() or p.is_dir()))
 
     def commit(self) -> None:
         """Replace the target's graphprune files by this run's, as a set; remove the staging folder."""
@@ -257,7 +259,10 @@ class StagedOutput:
         except BaseException:
             for n in moved_in:
                 try:
-                    os.unlink(target / n)
+                    if (target / n).is_dir() and not (target / n).is_symlink():
+                        shutil.rmtree(target / n)
+                    else:
+                        os.unlink(target / n)
                 except OSError:
                     pass
             for n in moved_out:

@@ -11,7 +11,9 @@ from graphprune.passes import (
     apply_masks,
     audit_onnx,
     compute_masks,
+    convert_sparse_forms,
     copy_model,
+    cuda_artifact,
     export_onnx,
     fold_masks,
     parity,
@@ -20,6 +22,8 @@ from graphprune.passes import (
     shrink,
 )
 
-PASS_MODULES = (analyze, apply_masks, audit_onnx, compute_masks, copy_model, export_onnx, fold_masks, parity, permute_channels, save, shrink)
+PASS_MODULES = (
+    analyze, apply_masks, audit_onnx, compute_masks, convert_sparse_forms, copy_model, cuda_artifact, export_onnx, fold_masks, parity, permute_channels, save, shrink,
+)
 
 __all__ = ["PASS_MODULES"]

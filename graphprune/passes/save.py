@@ -1,5 +1,5 @@
 """Stage ``save``: the pruned module as ``pruned.pt2`` (``torch.export.save``) in the run's (staged) output folder, and,
-after structured pruning, as ``delta.json`` + ``model.safetensors`` (:func:`graphprune.serialize.save_pruned`:
+after structured pruning, as ``delta.json`` + ``model.safetensors`` (:func:`graphprune.checkpoint.delta.save_pruned`:
 the architecture delta and the weights, no pickle), so ``graphprune.load(folder, constructor)`` rebuilds
 the shrunk model from the dense constructor for further editing or training.
 
@@ -45,7 +45,7 @@ def save_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResult
     delta_path = None
     delta = ctx.artifacts.get("structured_delta")
     if delta is not None and not isinstance(module, torch.jit.ScriptModule):
-        from graphprune.serialize import DELTA_FILE, WEIGHTS_FILE, save_pruned
+        from graphprune.checkpoint.delta import DELTA_FILE, WEIGHTS_FILE, save_pruned
 
         save_pruned(module, out.path, delta)  # both names are output names, staged like the rest
         delta_path = str(out.final(DELTA_FILE))

@@ -14,7 +14,7 @@
   deployed under CUDA graphs runs in: no host work per kernel, no launch gap between kernels. On an
   H100 it decides whether 2:4 wins (eager cuSPARSELt calls pay ~0.5 ms of host set-up each).
 
-Nothing here decides anything: :mod:`graphprune.passes.fx.convert_sparse_forms`, the
+Nothing here decides anything: :mod:`graphprune.passes.convert_sparse_forms`, the
 ``torch.compile`` backend and ``graphprune bench`` read the timings and decide.
 """
 

@@ -51,7 +51,7 @@ class GroupRecord:
 class StructuredResult:
     """The outcome of :func:`graphprune.structured.prune_structured`.
 
-    ``delta``: the architecture delta (:mod:`graphprune.serialize` saves and reloads it); ``keep``:
+    ``delta``: the architecture delta (:mod:`graphprune.checkpoint.delta` saves and reloads it); ``keep``:
     tensor fqn -> axis -> kept indices of the original axis; ``parity``: the shrunk model against the
     masked-equivalent dense model (None when not verified or nothing was removed).
     """

@@ -5,7 +5,7 @@ In order: slice every tensor axis of the chosen groups and resize their modules
 (:mod:`~graphprune.structured.remove_heads`), swapping in :class:`graphprune.layers.SlimMultiheadAttention`
 for an ``nn.MultiheadAttention`` that lost heads; rescale each RMSNorm of a pruned residual stream
 (:mod:`~graphprune.structured.rescale_norms`) so the result stays exact; write the new sizes into the HF
-config where it can express them. The delta (format :data:`graphprune.serialize.DELTA_FORMAT`) records
+config where it can express them. The delta (format :data:`graphprune.checkpoint.delta.DELTA_FORMAT`) records
 the per-module truth, so :func:`graphprune.load` can rebuild the shrunk model from the dense constructor.
 """
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from graphprune.analysis.groups import ChannelGroup, GroupAnalysis
+from graphprune.checkpoint.delta import DELTA_FORMAT
 from graphprune.layers import SlimMultiheadAttention, class_name, slim_multihead_attention
-from graphprune.serialize import DELTA_FORMAT
 from graphprune.structured.records import GroupRecord
 from graphprune.structured.remove_channels import remove_channels
 from graphprune.structured.remove_heads import update_attention_attrs, update_hf_config

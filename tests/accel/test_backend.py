@@ -72,7 +72,7 @@ def test_pattern_prunes_first(name):
     assert set(pruned) <= {n for n, _ in model.named_parameters()}, "report names must be the model's own"
     assert all(0.5 < p["kept_magnitude"] <= 1.0 for p in rep.pruned)
     if name in ("conv_bn", "residual_cnn"):  # the stem conv reads 3 input channels
-        assert any("not a multiple of M = 4" in s["reason"] for s in rep.skipped)
+        assert any("not divisible by M=4" in s["reason"] and "k_not_divisible" in s["reason"] for s in rep.skipped)
     if name == "hf_gpt2":  # HF Conv1D: weight [in, out] read by addmm, K is axis 0
         conv1d = {n: k for n, k in pruned.items() if n.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))}
         assert conv1d and set(conv1d.values()) == {0}

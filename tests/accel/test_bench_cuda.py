@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune._bench_report import BenchReport
-from graphprune._bench_timing import _bench_cuda
 from graphprune.bench import bench_model, parse_token_counts
+from graphprune.bench.report import BenchReport
+from graphprune.bench.timing import _bench_cuda
 from graphprune.errors import ConfigError, DependencyError
 from graphprune.runtime.compare import compare_outputs
 from graphprune.runtime.semi_cuda import Route, SemiSparseLinear, StandInCapturer

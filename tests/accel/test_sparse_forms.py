@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune.config import CompileConfig
 from graphprune.errors import ConfigError
 from graphprune.passes.base import PassContext
-from graphprune.passes.fx.convert_sparse_forms import (
+from graphprune.passes.convert_sparse_forms import (
     CSR_FORMS,
     CSRLinear,
     SparseFormsConfig,
@@ -98,7 +97,7 @@ def test_layer_that_does_not_run_and_unsupported_dtype():
 
 def test_pass_wrapper_and_config_validation():
     model, x = _sparse_mlp()
-    result = convert_sparse_forms(model, CompileConfig(), PassContext(x), options=SparseFormsConfig(measure=False))
+    result = convert_sparse_forms(model, SparseFormsConfig(measure=False), PassContext(x))
     assert result.modified and result.report.to_dict()["converted"] == 2
     with pytest.raises(ConfigError, match="csr_threshold"):
         SparseFormsConfig(csr_threshold=1.5)
@@ -114,7 +113,7 @@ def test_semi_structured_rejects_cpu_weights():
 
 def test_cuda_target_policy_reasons():
     """The CUDA decisions, checked on CPU tensors by naming the target."""
-    from graphprune.passes.fx.convert_sparse_forms import _candidate
+    from graphprune.passes.convert_sparse_forms import _candidate
     from graphprune.sparsity import nm_mask
 
     torch.manual_seed(0)

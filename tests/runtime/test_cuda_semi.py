@@ -278,7 +278,7 @@ def _two_layer_model() -> tuple[nn.Module, tuple[torch.Tensor]]:
 
 
 def test_preflight_decides_per_token_count_in_graph_mode(monkeypatch, tmp_path):
-    from graphprune.passes.fx import convert_sparse_forms as csf
+    from graphprune.passes import convert_sparse_forms as csf
     from graphprune.runtime import microbench
 
     calls: list = []
@@ -316,7 +316,7 @@ def test_preflight_decides_per_token_count_in_graph_mode(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("min_speedup", [0.5, 1.05])
 def test_preflight_never_chooses_a_form_slower_than_dense(monkeypatch, min_speedup):
-    from graphprune.passes.fx import convert_sparse_forms as csf
+    from graphprune.passes import convert_sparse_forms as csf
     from graphprune.runtime import microbench
 
     monkeypatch.setattr(microbench, "time_alternating", _fake_timer({64: 0.9}, []))  # best configuration 0.95x
@@ -328,7 +328,7 @@ def test_preflight_never_chooses_a_form_slower_than_dense(monkeypatch, min_speed
 
 
 def test_preflight_config_errors():
-    from graphprune.passes.fx.convert_sparse_forms import SparseFormsConfig
+    from graphprune.passes.convert_sparse_forms import SparseFormsConfig
 
     with pytest.raises(ConfigError, match="mode"):
         SparseFormsConfig(mode="compiled")  # type: ignore[arg-type]
@@ -343,7 +343,7 @@ def test_preflight_config_errors():
 
 # ---- the artifact ----------------------------------------------------------------------------------
 def test_artifact_round_trip_on_cpu_with_stand_ins(monkeypatch, tmp_path):
-    from graphprune.passes.fx import convert_sparse_forms as csf
+    from graphprune.passes import convert_sparse_forms as csf
     from graphprune.runtime import microbench
 
     monkeypatch.setattr(microbench, "time_alternating", _fake_timer({64: 1.3, 4: 0.5}, []))
@@ -442,7 +442,7 @@ def test_cusparselt_layer_matches_dense(dtype, tokens):
 @pytest.mark.gpu
 @gpu
 def test_graph_mode_preflight_and_runner_on_gpu(tmp_path):
-    from graphprune.passes.fx.convert_sparse_forms import SparseFormsConfig, build_semi_structured_artifact
+    from graphprune.passes.convert_sparse_forms import SparseFormsConfig, build_semi_structured_artifact
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2048, 8192), nn.GELU(), nn.Linear(8192, 2048)).cuda().half().eval()

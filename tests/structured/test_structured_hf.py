@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from graphprune.checkpoint.delta import DELTA_FILE, WEIGHTS_FILE, load, save_pretrained, save_pruned
 from graphprune.config import FFN, Channels, Heads
-from graphprune.serialize import DELTA_FILE, WEIGHTS_FILE, load, save_pretrained, save_pruned
 from models import zoo
 from tests.structured._helpers import prune_copy, torch_parity
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from graphprune.checkpoint.delta import load, save_pretrained
 from graphprune.config import FFN, Heads, Hidden, parse_pattern
 from graphprune.errors import ConfigError, ValidationError
 from graphprune.report import SkipReason
-from graphprune.serialize import load, save_pretrained
 from graphprune.structured import rewrite as structured_rewrite
 from graphprune.structured.rescale_norms import rescale_rms_norm
 from models import zoo

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from graphprune.analysis.groups import find_groups
+from graphprune.checkpoint.delta import DELTA_FILE, load, save_pruned
 from graphprune.config import FFN, Heads
 from graphprune.errors import InputError
 from graphprune.layers import SlimMultiheadAttention, slim_multihead_attention
 from graphprune.report import SkipReason
-from graphprune.serialize import DELTA_FILE, load, save_pruned
 from models import zoo
 from tests.structured._helpers import onnx_parity, prune_copy, torch_parity
 

@@ -19,7 +19,7 @@ Layout of the folder :func:`save_semi_structured` writes::
      "report": {... the pre-flight's per-layer records ...}}
 
 :func:`load_semi_structured` rebuilds the model from its original constructor (``base``, like
-:func:`graphprune.serialize.load`): it reads and checks the weights (``load_compressed``: names,
+:func:`graphprune.checkpoint.delta.load`): it reads and checks the weights (``load_compressed``: names,
 shapes, checksums), assigns them to the base model on ``device``, replaces each listed Linear by a
 :class:`~graphprune.runtime.semi_cuda.linear.SemiSparseLinear` (packing its weight on the GPU) with
 the recorded routes, and returns a :class:`~graphprune.runtime.semi_cuda.graphs.CudaGraphRunner`
@@ -72,7 +72,7 @@ def save_semi_structured(
     ``alg_cache``: the :class:`~graphprune.runtime.semi_cuda.algs.AlgCache` to ship beside it.
     ``mode``: the execution mode the routes were measured in. Returns the folder.
     """
-    from graphprune.checkpoint import _state_and_axes, save_compressed
+    from graphprune.checkpoint.compressed import _state_and_axes, save_compressed
     from graphprune.runtime.semi_cuda.algs import environment
 
     layers = _plan_layers(model)

@@ -8,7 +8,7 @@ median per side, the ratio of medians (``dense / pruned``: > 1 means the pruned 
 Runtimes:
 
 - ``torch``: PyTorch eager on CPU (``torch.set_num_threads(threads)``). The pruned model gets the
-  runtime forms of :mod:`graphprune.passes.fx.convert_sparse_forms` (CSR where it measures faster;
+  runtime forms of :mod:`graphprune.passes.convert_sparse_forms` (CSR where it measures faster;
   off with ``sparse_forms=False``). Per layer: every Linear/Conv module present in both models is
   timed on its real input (recorded with forward hooks), dense layer vs pruned layer.
 - ``ort``: onnxruntime CPUExecutionProvider, ``intra_op_num_threads=threads``,
@@ -42,9 +42,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from graphprune._bench_report import BenchReport, LayerTiming, save_chart
-from graphprune._bench_timing import _bench_ort, _bench_tensorrt, _bench_torch, _torch_threads, machine_info
-from graphprune._bench_timing import cpu_model as cpu_model
+from graphprune.bench.report import BenchReport, LayerTiming, save_chart
+from graphprune.bench.timing import _bench_ort, _bench_tensorrt, _bench_torch, _torch_threads, machine_info
 from graphprune.errors import ConfigError, DependencyError
 from graphprune.io.staging import StagedOutput, output_folder
 
@@ -130,7 +129,7 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
         elif runtime == "torch":
             pruned = result.model.eval()
             if sparse_forms:
-                from graphprune.passes.fx.convert_sparse_forms import apply_sparse_forms
+                from graphprune.passes.convert_sparse_forms import apply_sparse_forms
 
                 forms = apply_sparse_forms(pruned, inputs)
                 report.forms = [lf.to_dict() for lf in forms.layers]
@@ -182,7 +181,7 @@ def _bench_on_cuda(
     warmup: int,
     per_layer: bool,
 ) -> None:
-    from graphprune._bench_timing import _bench_cuda
+    from graphprune.bench.timing import _bench_cuda
 
     def move(t: Any) -> Any:
         if isinstance(t, torch.Tensor):
@@ -194,7 +193,7 @@ def _bench_on_cuda(
     cuda_inputs = tuple(move(t) for t in inputs)
     report.settings.update({"device": "cuda", "dtype": str(dtype).removeprefix("torch."), "mode": mode})
     if sparse_forms:
-        from graphprune.passes.fx.convert_sparse_forms import SparseFormsConfig, apply_sparse_forms
+        from graphprune.passes.convert_sparse_forms import SparseFormsConfig, apply_sparse_forms
 
         forms = apply_sparse_forms(pruned, cuda_inputs, SparseFormsConfig(mode=mode, token_counts=tuple(token_counts)))  # type: ignore[arg-type]
         report.forms = [lf.to_dict() for lf in forms.layers]

@@ -3,7 +3,7 @@
 Each ``_bench_<runtime>`` takes the dense and the pruned form (modules for ``torch``, ONNX files for
 ``ort`` and ``tensorrt``), times them alternately as :mod:`graphprune.bench` describes, and fills
 ``report.end_to_end`` (``{"dense"|"pruned": {min_ms, median_ms}}``), ``report.layers`` and
-``report.notes`` of the :class:`~graphprune._bench_report.BenchReport` it is given; it changes
+``report.notes`` of the :class:`~graphprune.bench.report.BenchReport` it is given; it changes
 neither model. :func:`machine_info` is recorded in the report's settings.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphprune._bench_report import BenchReport, LayerTiming
+from graphprune.bench.report import BenchReport, LayerTiming
 
 
 # ---- environment -------------------------------------------------------------------------------------

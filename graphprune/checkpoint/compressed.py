@@ -39,9 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from graphprune._nm_codec import _compress, _dtype_name, _load_one, _sha256
-from graphprune._nm_codec import pack_indices as pack_indices
-from graphprune._nm_codec import unpack_indices as unpack_indices
+from graphprune.checkpoint.nm_codec import _compress, _dtype_name, _load_one, _sha256
 from graphprune.errors import ConfigError, DependencyError, InputError
 from graphprune.io.files import atomic_write
 from graphprune.sparsity import check_nm
