@@ -21,8 +21,8 @@ has() { [[ ",$STEPS," == *",$1,"* ]]; }
   has e2e && timeout 200 $PY benchmarks/gpu_semi.py --out "$OUT" --steps e2e --e2e-variants "$E2E" --e2e-budget-s 130
   has compile && timeout 150 $PY benchmarks/gpu_semi.py --out "$OUT" --steps compile
   if has tests; then
-    timeout 100 $PY -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda_semi.py tests/accel/test_bench_cuda.py \
-        tests/accel/test_sparse_forms.py tests/accel/test_backend.py tests/accel/test_checkpoint.py 2>&1 | tail -15
+    timeout 100 $PY -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda_semi.py tests/bench/test_bench_cuda.py \
+        tests/passes/test_convert_sparse_forms.py tests/backend/test_backend.py tests/checkpoint/test_compressed.py tests/test_cuda_target.py 2>&1 | tail -15
   fi
   if has probe; then
     for dt in float16 bfloat16; do for tr in 0 1; do timeout 25 $PY benchmarks/cslt_search_probe.py $dt $tr; done; done
