@@ -14,10 +14,9 @@ import graphprune
 
 ROOT = Path(graphprune.__file__).parent
 
-# lowest first; a module may import modules of its own layer or of a lower one
+# lowest first (the README's Layout table); a module may import modules of its own layer or of a lower one
 LAYERS: list[tuple[str, ...]] = [
-    ("errors",),
-    ("config", "selector", "_module_tensors", "io"),
+    ("errors", "config", "selector", "_module_tensors", "io"),
     ("report", "sparsity", "capture", "layers"),
     ("analysis", "runtime", "plan", "checkpoint"),
     ("structured",),
