@@ -1,9 +1,28 @@
 """Calibrated one-shot pruning for compile and the training side.
 
+- :func:`calibrate` (pass): Wanda / SparseGPT masks for the sites compile prunes, from calibration batches.
+- :func:`apply_plan` (pass): a saved training-side :class:`~graphprune.plan.Plan` instead of computed masks.
+- :func:`fit_accuracy_budget`: leave the most sensitive layers dense until fidelity meets a budget.
 - :func:`prune_layers` / :class:`CalibrateOptions`: the one layer-by-layer driver (``prune_oneshot`` runs it).
 """
 
+from graphprune.passes.calibrate.apply_plan import apply_plan, check_plan
 from graphprune.passes.calibrate.batches import check_batches, materialize
+from graphprune.passes.calibrate.budget import BudgetResult, fit_accuracy_budget
+from graphprune.passes.calibrate.calibrate import calibrate, check_calibratable, layer_errors
 from graphprune.passes.calibrate.driver import METHODS, CalibrateOptions, prune_layers
 
-__all__ = ["METHODS", "CalibrateOptions", "check_batches", "materialize", "prune_layers"]
+__all__ = [
+    "METHODS",
+    "BudgetResult",
+    "CalibrateOptions",
+    "apply_plan",
+    "calibrate",
+    "check_batches",
+    "check_calibratable",
+    "check_plan",
+    "fit_accuracy_budget",
+    "layer_errors",
+    "materialize",
+    "prune_layers",
+]

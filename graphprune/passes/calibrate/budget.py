@@ -1,0 +1,276 @@
+"""Accuracy budget: leave the most sensitive layers dense until fidelity to the dense model meets a bound.
+
+Given the targets compile would prune, calibration batches, evaluation batches (kept apart from the
+calibration ones) and a budget — ``max_drift`` (the largest ``1 - mean cosine`` allowed, worst output;
+see :mod:`graphprune.runtime.fidelity`) or ``min_cosine`` (= ``1 - max_drift``, a bound on the mean,
+not on the worst sample) — :func:`fit_accuracy_budget`:
+
+1. prunes everything (one calibrated run) and measures fidelity; if the budget holds, nothing stays dense;
+2. ranks the layers by sensitivity (``ranking``):
+
+   - ``"error"``: the output error each layer's pruning introduces on its calibration inputs, from the
+     run in step 1 (free);
+   - ``"single"``: the drift when *only* that layer is pruned (one short run per layer: calibration up to
+     that layer, one evaluation pass);
+
+   each optionally divided by the layer's share of the pruned weights (``per_weight``): a layer that
+   drifts little per zero it brings is worth keeping sparse;
+3. binary-searches the number ``k`` of most sensitive layers left dense (``1 + ⌈log2 n⌉`` calibrated
+   runs at most, each on a fresh copy of the dense model), assuming more dense layers never drift more;
+4. returns the layers kept dense (reason ``accuracy_budget``), the sparsity and the fraction of the
+   targets' FLOPs that fall on zeros, and the final fidelity and plan (masks, updated values).
+
+If meeting the budget would leave *every* layer dense — pruning even the least sensitive layer alone
+drifts more than allowed — it raises :class:`~graphprune.errors.ValidationError` with the figures.
+The budget is checked on the evaluation batches, which then also give the reported fidelity: choose
+them representative, and large enough that the choice does not fit their noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from graphprune.config import CompileConfig
+from graphprune.errors import ConfigError, ValidationError
+from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.calibrate.calibrate import SitesResult, Target, check_calibratable, prune_sites, targets_of
+from graphprune.passes.calibrate.driver import CalibrateOptions
+from graphprune.runtime.fidelity import FidelityReport, LayerError, measure_fidelity
+
+__all__ = ["ACCURACY_BUDGET", "BudgetResult", "accuracy_budget", "check_budget", "fit_accuracy_budget"]
+
+log = logging.getLogger(__name__)
+
+ACCURACY_BUDGET = "accuracy_budget"  # the skip reason of the layers left dense
+
+
+def check_budget(max_drift: float | None, min_cosine: float | None) -> float:
+    """The drift bound from exactly one of ``max_drift`` / ``min_cosine``, each in (0, 1); ConfigError otherwise."""
+    if (max_drift is None) == (min_cosine is None):
+        raise ConfigError("give exactly one accuracy budget: max_drift (e.g. 0.02) or min_cosine (e.g. 0.98)")
+    name, v = ("max_drift", max_drift) if max_drift is not None else ("min_cosine", min_cosine)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v < 1:
+        raise ConfigError(
+            f"{name} must be a number in (0, 1) (max_drift: the largest 1 - mean cosine to the dense model allowed, "
+            f"e.g. 0.02), got {v!r}"
+        )
+    return float(v) if name == "max_drift" else 1.0 - float(v)
+
+
+@dataclass
+class BudgetResult:
+    """The choice :func:`fit_accuracy_budget` made and what it measured."""
+
+    dense: list[str]  # params left dense for the budget, most sensitive first
+    max_drift: float
+    ranking: list[tuple[str, float]]  # (param, sensitivity score), most sensitive first
+    ranking_kind: str
+    sparsity: float  # zeros / weights over all targets
+    flops_on_zeros: float  # fraction of the targets' FLOPs that multiply zeros
+    fidelity: FidelityReport
+    masks: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    values: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # weights after pruning (pruned sites)
+    kept_magnitude: dict[str, float] = field(default_factory=dict)  # of the dense weight, per pruned site
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)  # {"dense": k, "drift": ..., "mean_cosine": ...}
+    reason: str = ACCURACY_BUDGET
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_drift": self.max_drift,
+            "reason": self.reason,
+            "dense": self.dense,
+            "ranking": self.ranking_kind,
+            "scores": [[p, s] for p, s in self.ranking],
+            "sparsity": self.sparsity,
+            "flops_on_zeros": self.flops_on_zeros,
+            "trials": self.trials,
+            "fidelity": self.fidelity.to_dict(),
+        }
+
+    def summary(self) -> str:
+        return (
+            f"accuracy budget max_drift {self.max_drift:g}: {len(self.dense)} of {len(self.ranking)} layers left dense, "
+            f"sparsity {self.sparsity:.1%} of the prunable weights, {self.flops_on_zeros:.1%} of their FLOPs on zeros; "
+            f"drift {self.fidelity.drift:.4f} (mean cosine {self.fidelity.mean_cosine:.4f})"
+        )
+
+
+def fit_accuracy_budget(
+    model: nn.Module,
+    targets: Mapping[str, Target],
+    calibration: Sequence[Any],
+    evaluation: Sequence[Any],
+    *,
+    options: CalibrateOptions | None = None,
+    max_drift: float | None = None,
+    min_cosine: float | None = None,
+    ranking: Literal["error", "single"] = "error",
+    per_weight: bool = True,
+    flops: Mapping[str, int] | None = None,
+    reference: Any = None,
+    logits: Sequence[str | int] = (),
+    progress: Callable[[str], None] | None = None,
+) -> BudgetResult:
+    """See the module docstring. ``model`` is the dense model and is not modified (every trial prunes a copy).
+
+    ``targets``: param fqn -> :class:`Target` (compile: :func:`~graphprune.passes.calibrate.calibrate.targets_of`).
+    ``calibration`` / ``evaluation``: checked batches of positional inputs. ``flops``: param -> FLOPs (default:
+    the weight's element count, proportional for a Linear at fixed tokens).
+    """
+    bound = check_budget(max_drift, min_cosine)
+    if ranking not in ("error", "single"):
+        raise ConfigError(f"ranking must be 'error' or 'single', got {ranking!r}")
+    opts = options or CalibrateOptions()
+    if not targets:
+        raise ConfigError("the accuracy budget has no layers to choose from: nothing is pruned")
+    names = list(targets)
+    numel = {n: model.get_parameter(n).numel() for n in names}
+    cost = {n: (flops or {}).get(n) or numel[n] for n in names}
+    total = sum(numel.values())
+    say = progress or (lambda _msg: None)
+
+    def trial(dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
+        work = copy.deepcopy(model)
+        res = prune_sites(work, {n: t for n, t in targets.items() if n not in dense}, calibration, opts, reference=reference)
+        fid = measure_fidelity(model, work, evaluation, logits=logits)
+        return work, res, fid
+
+    trials: list[dict[str, Any]] = []
+
+    def record(k: int, fid: FidelityReport) -> None:
+        trials.append({"dense": k, "drift": fid.drift, "mean_cosine": fid.mean_cosine})
+        say(f"accuracy budget: {k} layer(s) dense -> drift {fid.drift:.4f}")
+
+    work, res, fid = trial(set())
+    record(0, fid)
+    if ranking == "error":
+        scores = {n: float(res.layers.get(n, {}).get("output_error") or 0.0) ** 2 for n in names}
+    else:
+        scores = {}
+        for n in names:
+            _w, _r, f1 = trial(set(names) - {n})
+            scores[n] = f1.drift
+            say(f"accuracy budget: only {n} pruned -> drift {f1.drift:.5f}")
+    if per_weight:
+        scores = {n: s / (numel[n] / total) for n, s in scores.items()}
+    order = sorted(names, key=lambda n: -scores[n])
+    best: tuple[int, nn.Module, SitesResult, FidelityReport] | None = (0, work, res, fid) if fid.drift <= bound else None
+    if best is None:
+        del work
+        lo, hi = 1, len(order)  # the answer is in [lo, hi]; hi = every layer dense
+        while lo < hi:
+            mid = (lo + hi) // 2
+            w2, r2, f2 = trial(set(order[:mid]))
+            record(mid, f2)
+            if f2.drift <= bound:
+                best = (mid, w2, r2, f2)  # the smallest feasible k so far (one pruned copy kept)
+                hi = mid
+            else:
+                lo = mid + 1
+            del w2
+        if lo >= len(order):
+            least = order[-1]
+            single = next((t for t in trials if t["dense"] == len(order) - 1), None)
+            figures = f"; with only {least} pruned the drift is {single['drift']:.4f}" if single else ""
+            raise ValidationError(
+                f"accuracy budget max_drift {bound:g} (mean cosine >= {1 - bound:.4f}) cannot be met by pruning any layer: "
+                f"all {len(order)} pruned drift {fid.drift:.4f} (mean cosine {fid.mean_cosine:.4f}){figures}. "
+                "Raise the budget, calibrate with more data, or choose a milder pattern"
+            )
+    assert best is not None
+    k, bwork, bres, bfid = best
+    dense = order[:k]
+    zeros = sum(int((bwork.get_parameter(n).detach() == 0).sum()) for n in names if n not in dense)
+    on_zeros = sum(cost[n] * float((bwork.get_parameter(n).detach() == 0).float().mean()) for n in names if n not in dense)
+    layers = dict(bres.layers)
+    layer_errs = [
+        LayerError(n, float(r["output_error"]), str(r.get("method", "")), int(r.get("rows") or 0))
+        for n, r in layers.items()
+        if r.get("output_error") is not None
+    ]
+    return BudgetResult(
+        dense=dense,
+        max_drift=bound,
+        ranking=[(n, scores[n]) for n in order],
+        ranking_kind=ranking + ("/weight" if per_weight else ""),
+        sparsity=zeros / total if total else 0.0,
+        flops_on_zeros=on_zeros / sum(cost.values()) if cost else 0.0,
+        fidelity=bfid.with_layers(layer_errs),
+        masks=bres.masks,
+        kept_magnitude=bres.kept_magnitude,
+        values={n: bwork.get_parameter(n).detach().clone() for n in bres.masks},
+        layers=layers,
+        trials=trials,
+    )
+
+
+def _skip_reason(value: str) -> Any:
+    from graphprune.report import SkipReason
+
+    try:
+        return SkipReason(value)
+    except ValueError:  # report.py does not know this reason yet: the message carries it
+        return None
+
+
+def accuracy_budget(
+    module: nn.Module,
+    config: CompileConfig,
+    ctx: PassContext,
+    *,
+    calibration: Sequence[Any],
+    evaluation: Sequence[Any],
+    options: CalibrateOptions | None = None,
+    max_drift: float | None = None,
+    min_cosine: float | None = None,
+    ranking: Literal["error", "single"] = "error",
+) -> PassResult:
+    """Pass ``accuracy-budget`` (runs instead of ``calibrate``): :func:`fit_accuracy_budget` on the working
+    module, then the chosen masks (and SparseGPT values) are written into it and ``ctx.masks``; the layers
+    left dense leave ``ctx.patterns`` and their decisions say why (reason ``accuracy_budget``)."""
+    opts = options or CalibrateOptions()
+    check_budget(max_drift, min_cosine)
+    check_calibratable(dict(ctx.patterns), opts.method)
+    flops = {n: ctx.sites[n].flops for n in ctx.patterns if ctx.sites[n].flops}
+    result = fit_accuracy_budget(
+        module,
+        targets_of(ctx),
+        calibration,
+        evaluation,
+        options=opts,
+        max_drift=max_drift,
+        min_cosine=min_cosine,
+        ranking=ranking,
+        flops=flops or None,
+        reference=ctx.example_inputs,
+    )
+    rank = {n: i + 1 for i, (n, _s) in enumerate(result.ranking)}
+    for n in result.dense:
+        del ctx.patterns[n]
+        d = ctx.decisions[n]
+        d.pruned, d.pattern, d.zeros = False, None, 0
+        d.reason = _skip_reason(ACCURACY_BUDGET)
+        d.message = (
+            f"layer {d.module} ({n}) left dense by the accuracy budget (max_drift {result.max_drift:g}; "
+            f"sensitivity rank {rank[n]} of {len(rank)})"
+        )
+    with torch.no_grad():
+        for n, mask in result.masks.items():
+            w = module.get_parameter(n)
+            w.copy_(result.values[n].to(w.device))
+            ctx.masks[n] = mask
+            d = ctx.decisions[n]
+            d.zeros = int((w == 0).sum())
+            d.kept_magnitude = result.kept_magnitude.get(n)
+    report = result.to_dict()
+    report["layers"] = result.layers
+    return PassResult(module, modified=bool(result.masks), report=report)

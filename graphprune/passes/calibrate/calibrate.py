@@ -1,0 +1,203 @@
+"""Pass ``calibrate``: masks from calibration data (Wanda / SparseGPT) for the sites compile prunes.
+
+IR: the working ``nn.Module`` (the pipeline's copy). Pre: ``ctx.patterns`` (param fqn -> element
+pattern, decided by compile) and ``ctx.sites`` (owning module, K axis); calibration batches of
+positional inputs shaped like ``ctx.example_inputs``. Post: ``ctx.masks[param]`` is a bool keep-mask of
+the weight's shape for every entry of ``ctx.patterns``; with SparseGPT (or ``refit``) the kept weights
+are updated in place on the working module (the OBS / least-squares correction), and every pruned
+weight is zero. Later passes (apply / fold masks, export, audit, parity) run unchanged: they read
+``ctx.masks``, and folding zeros the already zero entries again. Each decision gets ``zeros`` and
+``kept_magnitude`` (of the dense weight, as ``compute_masks`` gives).
+
+The maths runs in :func:`graphprune.passes.calibrate.driver.prune_layers`, the one implementation
+``prune_oneshot`` also runs, layer group by layer group with bounded memory. A site the driver
+cannot calibrate (its weight is read by a functional op or ``nn.MultiheadAttention`` rather than a
+``Linear`` / ``Conv1d`` / ``Conv2d`` / transformers ``Conv1D`` module — e.g. a model loaded from ``.pt2``
+is a graph without those modules —, or the calibration batches never reach it) still gets the pattern
+compile decided, by magnitude; the report says which and why.
+
+Report: ``method``, ``batches``, ``rows``, ``fallback`` (sites masked by magnitude, with reasons) and
+``layers`` (param -> method, output error ``||W X - W' X|| / ||W X||`` on its calibration inputs,
+calibration rows). ``layer_errors(report)`` turns them into :class:`~graphprune.runtime.fidelity.LayerError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphprune import sparsity
+from graphprune._modules import get_param
+from graphprune.analysis.module_sites import SiteEntry
+from graphprune.config import CompileConfig, ElementPattern, SemiStructured, Unstructured
+from graphprune.errors import ConfigError
+from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.calibrate.batches import materialize
+from graphprune.passes.calibrate.driver import CalibrateOptions, prune_layers
+from graphprune.runtime.fidelity import LayerError
+
+__all__ = ["SitesResult", "Target", "calibrate", "check_calibratable", "layer_errors", "prune_sites", "targets_of"]
+
+
+def check_calibratable(patterns: dict[str, ElementPattern], method: str) -> None:
+    """ConfigError for patterns a calibrated method cannot compute (before any work)."""
+    if method == "magnitude":
+        return
+    for name, p in patterns.items():
+        if isinstance(p, Unstructured) and p.scope == "global":
+            raise ConfigError(
+                f"method {method!r} prunes every layer to its own sparsity; pattern {p} (scope='global') ranks all "
+                f"layers by magnitude together ({name}): use scope 'layer' or method 'magnitude'"
+            )
+        if isinstance(p, Unstructured) and p.method == "random":
+            raise ConfigError(f"method {method!r} chooses masks from calibration data; pattern {p} asks for random masks ({name})")
+        if isinstance(p, SemiStructured) and p.method != "1d":
+            raise ConfigError(
+                f"method {method!r} supports 1-D N:M; pattern {p} (SemiStructured.method={p.method!r}) on {name}: "
+                "use method 'magnitude' for 2-D N:M"
+            )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One weight to prune: its owning module's fqn, its K axis and its pattern."""
+
+    module: str
+    k_axis: int
+    pattern: ElementPattern
+
+
+@dataclass
+class SitesResult:
+    """What :func:`prune_sites` did: masks, per-layer records and the sites masked by magnitude instead."""
+
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fallback: dict[str, str] = field(default_factory=dict)
+    kept_magnitude: dict[str, float] = field(default_factory=dict)
+
+
+def targets_of(ctx: PassContext) -> dict[str, Target]:
+    """The weights compile decided to prune (``ctx.patterns``), as targets."""
+    return {name: Target(ctx.sites[name].module, ctx.sites[name].k_axis, p) for name, p in ctx.patterns.items()}
+
+
+def _entry(module: nn.Module, param: str, t: Target) -> tuple[SiteEntry | None, str]:
+    owner = t.module
+    try:
+        sub = module.get_submodule(owner) if owner else module
+    except AttributeError:
+        return None, f"its module {owner!r} is not a submodule of the working model"
+    pname = param[len(owner) + 1 :] if owner else param
+    if "." in pname or getattr(sub, pname, None) is None:
+        return None, f"the weight is not a direct parameter of module {owner or '<root>'!r}"
+    return SiteEntry(name=owner, module=sub, param_name=pname, k_axis=t.k_axis), ""
+
+
+def prune_sites(
+    module: nn.Module,
+    targets: Mapping[str, Target],
+    batches: Sequence[Any],
+    options: CalibrateOptions,
+    *,
+    reference: Any = None,
+) -> SitesResult:
+    """Prune ``targets`` of ``module`` in place: calibrated where the driver can, by magnitude elsewhere.
+
+    ``batches`` are already checked (:func:`~graphprune.passes.calibrate.batches.materialize`). Every
+    target ends with a mask in the result and zeros in its weight (SparseGPT / refit: updated kept values).
+    """
+    out = SitesResult()
+    for name, t in targets.items():
+        sparsity.check_finite(get_param(module, name).detach(), f"{name} (layer {t.module})")
+    entries: list[SiteEntry] = []
+    for name, t in targets.items():
+        e, why = _entry(module, name, t)
+        if e is None:
+            out.fallback[name] = why
+        else:
+            entries.append(e)
+    plan = prune_layers(
+        module,
+        entries,
+        None,
+        patterns={e.fqn: targets[e.fqn].pattern for e in entries},
+        options=options,
+        batches=list(batches),
+        reference=reference,
+    )
+    for sk in plan.skipped:
+        out.fallback[sk["param"]] = f"{sk['reason']}: {sk['message']}"
+    for name, site in plan.sites.items():
+        out.masks[name] = site.mask.to(get_param(module, name).device)
+        out.kept_magnitude[name] = float(site.extra.get("kept_magnitude", 1.0))
+        out.layers[name] = {
+            "method": options.method,
+            "output_error": site.extra.get("output_error"),
+            "rows": site.extra.get("calibration_rows", 0),
+        }
+    for name, why in out.fallback.items():
+        w = get_param(module, name).detach()
+        mask = sparsity.compute_mask(w, targets[name].pattern, axis=targets[name].k_axis)
+        out.masks[name] = mask
+        out.kept_magnitude[name] = sparsity.kept_magnitude(w, mask)
+        with torch.no_grad():
+            w.mul_(mask.to(w.dtype))
+        out.layers[name] = {"method": "magnitude", "output_error": None, "rows": 0, "fallback": why}
+    return out
+
+
+def calibrate(
+    module: nn.Module,
+    config: CompileConfig,
+    ctx: PassContext,
+    *,
+    calibration: Sequence[Any],
+    options: CalibrateOptions | None = None,
+) -> PassResult:
+    """The pass (see the module docstring). ``calibration``: batches of positional inputs."""
+    opts = options or CalibrateOptions()
+    if opts.method == "magnitude":  # no calibration: compile's own magnitude masks
+        from graphprune.passes.fx.compute_masks import compute_masks
+
+        plain = compute_masks(module, config, ctx)
+        return PassResult(plain.module, plain.modified, {**plain.report, "method": "magnitude"})
+    check_calibratable(dict(ctx.patterns), opts.method)
+    batches = materialize(calibration, opts.max_batches, reference=ctx.example_inputs)
+    res = prune_sites(module, targets_of(ctx), batches, opts, reference=ctx.example_inputs)
+    for name, mask in res.masks.items():
+        ctx.masks[name] = mask
+        d = ctx.decisions[name]
+        d.kept_magnitude = res.kept_magnitude[name]
+        d.zeros = int((get_param(module, name).detach() == 0).sum())
+    rows = sum(int(v["rows"] or 0) for v in res.layers.values())
+    calibrated = len(res.layers) - len(res.fallback)
+    report: dict[str, Any] = {
+        "method": opts.method,
+        "options": opts.to_dict(),
+        "batches": len(batches),
+        "rows": rows,
+        "calibrated": calibrated,
+        "fallback": res.fallback,
+        "layers": res.layers,
+    }
+    if res.fallback and not calibrated:
+        report["note"] = (
+            f"no layer could be calibrated ({len(res.fallback)} masked by magnitude): calibration hooks need the "
+            "weights to live in torch.nn Linear / Conv1d / Conv2d or transformers Conv1D modules — a model loaded "
+            "from .pt2 or TorchScript has none; compile the Python model (a package.module:factory) instead"
+        )
+    return PassResult(module, modified=bool(res.masks), report=report)
+
+
+def layer_errors(report: dict[str, Any]) -> list[LayerError]:
+    """The per-layer output errors of a ``calibrate`` pass report, for :class:`FidelityReport.layers`."""
+    out = []
+    for name, rec in report.get("layers", {}).items():
+        if rec.get("output_error") is not None:
+            out.append(LayerError(name, float(rec["output_error"]), str(rec.get("method", "")), int(rec.get("rows") or 0)))
+    return out

@@ -1,0 +1,296 @@
+"""The calibrate pass (compile's calibrated masks), plans applied by compile, and the accuracy budget."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from graphprune._modules import get_param
+from graphprune.analysis.decide import decide
+from graphprune.analysis.find_sites import find_sites
+from graphprune.capture import capture
+from graphprune.config import CompileConfig, SemiStructured, Unstructured
+from graphprune.errors import ConfigError, InputError, ValidationError
+from graphprune.passes.base import PassContext, run_pass
+from graphprune.passes.calibrate import (
+    CalibrateOptions,
+    apply_plan,
+    calibrate,
+    fit_accuracy_budget,
+    layer_errors,
+)
+from graphprune.passes.calibrate.budget import accuracy_budget
+from graphprune.passes.calibrate.calibrate import targets_of
+from graphprune.passes.fx.apply_masks import apply_masks
+from graphprune.passes.fx.compute_masks import compute_masks
+from graphprune.passes.fx.fold_masks import fold_masks
+from graphprune.plan import Plan
+from graphprune.runtime.fidelity import measure_fidelity
+from graphprune.sparsity.calibrated import reconstruction_error
+from graphprune.sparsity.metrics import check_nm
+from graphprune.training.oneshot import prune_oneshot
+
+
+class Net(nn.Module):
+    """Two residual blocks of Linear layers (grouped by block like a transformer) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(32, 64)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)) for _ in range(2)])
+        self.head = nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.head(h)
+
+
+def build(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+MIX = torch.randn(32, 32, generator=torch.Generator().manual_seed(0)) * 0.4 + torch.eye(32)
+
+
+def batches(n: int = 6, seed: int = 1, rows: int = 48) -> list[tuple[torch.Tensor]]:
+    """Correlated inputs, one distribution for every seed (held-out batches come from it too)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = MIX
+    return [((torch.randn(rows, 32, generator=g) @ mix) * 2,) for _ in range(n)]
+
+
+EXAMPLE = (torch.randn(4, 32),)
+
+
+def compile_ctx(model: nn.Module, config: CompileConfig, inputs: tuple[torch.Tensor, ...] = EXAMPLE) -> PassContext:
+    """What compile's capture / find_sites / decide stages leave in the context (api.py does the same)."""
+    ctx = PassContext(inputs)
+    cap = capture(model, inputs, methods=("fx",))  # compile tries torch.export first; fx finds the same sites faster
+    ctx.capture = cap
+    for site in find_sites(cap).sites:
+        ctx.sites[site.param] = site
+        d, p = decide(site, config)
+        ctx.decisions[site.param] = d
+        if p is not None:
+            ctx.patterns[site.param] = p
+    ctx.report.decisions = list(ctx.decisions.values())
+    return ctx
+
+
+def run_calibrate(model: nn.Module, config: CompileConfig, opts: CalibrateOptions, data: list) -> tuple[nn.Module, PassContext]:
+    work = copy.deepcopy(model)
+    ctx = compile_ctx(work, config)
+    work = run_pass("calibrate", lambda m, c, x: calibrate(m, c, x, calibration=data, options=opts), work, config, ctx)
+    return work, ctx
+
+
+CFG = CompileConfig(pattern=(SemiStructured(),))
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_calibrated_compile_equals_prune_oneshot(method: str) -> None:
+    """One implementation: the pass and prune_oneshot give the same masks and weights on the same data."""
+    model, data = build(), batches()
+    work, ctx = run_calibrate(model, CFG, CalibrateOptions(method=method), data)  # type: ignore[arg-type]
+    ref = copy.deepcopy(model)
+    plan = prune_oneshot(ref, data, method=method)  # type: ignore[arg-type]
+    assert set(ctx.masks) == set(plan.sites) == {
+        "inp.weight", "blocks.0.0.weight", "blocks.0.2.weight", "blocks.1.0.weight", "blocks.1.2.weight", "head.weight"
+    }
+    for name, site in plan.sites.items():
+        assert torch.equal(ctx.masks[name], site.mask), name
+        assert torch.equal(get_param(work, name), get_param(ref, name)), name
+        assert check_nm(ctx.masks[name], 2, 4, axis=1).ok and ctx.masks[name].float().mean() == 0.5
+        d = ctx.decisions[name]
+        assert d.zeros == int((get_param(work, name) == 0).sum()) >= d.numel // 2
+        assert d.kept_magnitude is not None and 0.5 < d.kept_magnitude < 1
+    rec = ctx.report.passes[-1]
+    assert rec.name == "calibrate" and rec.details["method"] == method and rec.details["batches"] == 6
+    assert rec.details["calibrated"] == 6 and rec.details["fallback"] == {}
+
+
+@torch.no_grad()
+def test_later_passes_run_unchanged_and_layer_error_is_exact() -> None:
+    model, data = build(), batches()
+    config = CompileConfig(pattern=(SemiStructured(),), form="masked")
+    work, ctx = run_calibrate(model, config, CalibrateOptions(), data)
+    x = EXAMPLE[0]
+    calibrated_out = work(x)
+    masked = run_pass("apply-masks", apply_masks, copy.deepcopy(work), config, ctx)
+    folded = run_pass("fold-masks", fold_masks, copy.deepcopy(work), config, ctx)
+    torch.testing.assert_close(masked(x), calibrated_out, rtol=0, atol=0)
+    torch.testing.assert_close(folded(x), calibrated_out, rtol=0, atol=0)
+    for name in ctx.masks:
+        assert check_nm(get_param(folded, name), 2, 4, axis=1).ok
+    # the first layer sees the model inputs themselves: its error is ||W X - W' X|| / ||W X|| on them
+    rows = torch.cat([b[0] for b in data])
+    want = reconstruction_error(model.inp.weight, work.inp.weight, rows)
+    rec = next(p for p in ctx.report.passes if p.name == "calibrate")
+    errs = {e.param: e for e in layer_errors(rec.details)}
+    assert errs["inp.weight"].output_error == pytest.approx(want, rel=1e-4)
+    assert errs["inp.weight"].rows == 6 * 48 and errs["inp.weight"].method == "sparsegpt"
+    assert all(0 < e.output_error < 1 for e in errs.values())
+
+
+@torch.no_grad()
+def test_calibrated_beats_magnitude_on_held_out_fidelity() -> None:
+    model, data, held = build(), batches(8), batches(4, seed=7)  # 384 calibration rows > K = 128
+    mag = copy.deepcopy(model)
+    ctx = compile_ctx(mag, CFG)
+    run_pass("compute-masks", compute_masks, mag, CFG, ctx)
+    run_pass("fold-masks", fold_masks, mag, CFG, ctx)
+    sgpt, _ = run_calibrate(model, CFG, CalibrateOptions(), data)
+    f_mag = measure_fidelity(model, mag, held)
+    f_sgpt = measure_fidelity(model, sgpt, held)
+    assert f_sgpt.outputs[0].rel_l2 < 0.7 * f_mag.outputs[0].rel_l2, (f_sgpt.summary(), f_mag.summary())
+    assert f_sgpt.mean_cosine > f_mag.mean_cosine
+
+
+def test_magnitude_method_is_compute_masks_and_fallback_for_functional_weights() -> None:
+    model = build()
+    work, ctx = run_calibrate(model, CFG, CalibrateOptions(method="magnitude"), [])
+    plain = copy.deepcopy(model)
+    ctx2 = compile_ctx(plain, CFG)
+    compute_masks(plain, CFG, ctx2)
+    assert all(torch.equal(ctx.masks[n], ctx2.masks[n]) for n in ctx2.masks)
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+            self.w = nn.Parameter(torch.randn(32, 16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) @ self.w
+
+    torch.manual_seed(0)
+    f = Functional().eval()
+    work, ctx = run_calibrate(f, CFG, CalibrateOptions(), batches(3))
+    rec = ctx.report.passes[-1].details
+    assert set(ctx.masks) == {"fc.weight", "w"}
+    assert "w" in rec["fallback"] and rec["layers"]["w"]["method"] == "magnitude"
+    assert rec["layers"]["fc.weight"]["method"] == "sparsegpt"
+    assert check_nm(get_param(work, "w"), 2, 4, axis=0).ok  # K of x @ W is axis 0
+
+
+def test_patterns_a_calibrated_method_cannot_compute_and_bad_batches() -> None:
+    model = build()
+    for pattern in (Unstructured(sparsity=0.5, scope="global"), SemiStructured(method="2d_greedy")):
+        cfg = CompileConfig(pattern=(pattern,))
+        with pytest.raises(ConfigError, match="method 'sparsegpt'"):
+            run_calibrate(model, cfg, CalibrateOptions(), batches(2))
+    dense_w = model.inp.weight.detach().clone()
+    with pytest.raises(InputError, match=r"calibration batch 1 has inputs .* but the example inputs had"):
+        run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 32),), (torch.randn(4, 32), torch.randn(2))])
+    with pytest.raises(InputError, match=r"calibration batch 0: input 'input\[0\]' is float64"):
+        run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 32, dtype=torch.float64),)])
+    with pytest.raises(InputError, match=r"calibration batch 0 \(input\[0\]: float32\[4, 31\]\) failed in the model's forward"):
+        run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 31),)])
+    with pytest.raises(InputError, match="calibration data is empty"):
+        run_calibrate(model, CFG, CalibrateOptions(), [])
+    with pytest.raises(InputError, match=r"batch 0: input 'input\[0\]' .* NaN/Inf"):
+        run_calibrate(model, CFG, CalibrateOptions(), [(torch.full((4, 32), float("nan")),)])
+    assert torch.equal(model.inp.weight, dense_w)  # the caller's model is never touched
+
+
+# ---- plans: training -> compile ----------------------------------------------------------------------------
+
+
+def test_plan_round_trip_training_to_compile(tmp_path: Path) -> None:
+    model, data = build(), batches()
+    trained = copy.deepcopy(model)
+    plan = prune_oneshot(trained, data, method="sparsegpt")
+    plan.save(tmp_path / "plan")
+    loaded = Plan.load(tmp_path / "plan")
+    work = copy.deepcopy(model)
+    ctx = compile_ctx(work, CFG)
+    work = run_pass("apply-plan", lambda m, c, x: apply_plan(m, c, x, plan=loaded), work, CFG, ctx)
+    for name, site in plan.sites.items():
+        assert torch.equal(ctx.masks[name], site.mask)
+        assert torch.equal(get_param(work, name), get_param(trained, name))  # SparseGPT values applied
+        assert ctx.patterns[name] == SemiStructured()
+        assert ctx.decisions[name].pruned and "from plan" in ctx.decisions[name].message
+    folded = fold_masks(copy.deepcopy(work), CFG, ctx).module
+    torch.testing.assert_close(folded(EXAMPLE[0]), trained(EXAMPLE[0]), rtol=0, atol=0)
+
+
+def test_plan_for_another_model_names_the_layer() -> None:
+    model = build()
+    plan = Plan.from_masks({"blocks.5.0.weight": torch.ones(128, 64, dtype=torch.bool)})
+    ctx = compile_ctx(model, CFG)
+    with pytest.raises(InputError, match=r"the model lacks: blocks\.5\.0\.weight"):
+        apply_plan(model, CFG, ctx, plan=plan)
+    wrong = Plan.from_masks({"inp.weight": torch.ones(64, 16, dtype=torch.bool)})
+    with pytest.raises(InputError, match=r"inp\.weight \(plan \(64, 16\), model \(64, 32\)\)"):
+        apply_plan(model, CFG, ctx, plan=wrong)
+    axis = Plan.from_masks({"inp.weight": torch.ones(64, 32, dtype=torch.bool)}, k_axes={"inp.weight": 0})
+    with pytest.raises(InputError, match=r"inp\.weight \(plan K axis 0, compile's 1\)"):
+        apply_plan(model, CFG, ctx, plan=axis)
+    with pytest.raises(InputError, match="no sites"):
+        apply_plan(model, CFG, ctx, plan=Plan())
+
+
+def test_plan_with_a_permutation_is_audited_as_unstructured() -> None:
+    model = build()
+    trained = copy.deepcopy(model)
+    plan = prune_oneshot(trained, batches(2), method="wanda", permutation=True, permutation_time_budget_s=0.05)
+    ctx = compile_ctx(model, CFG)
+    res = apply_plan(model, CFG, ctx, plan=plan)
+    permuted = [s.param for s in plan.sites.values() if s.perm is not None]
+    assert permuted and all(isinstance(ctx.patterns[p], Unstructured) for p in permuted)
+    assert len(res.report["notes"]) == len(permuted)
+
+
+# ---- accuracy budget -------------------------------------------------------------------------------------
+
+
+def test_budget_leaves_sensitive_layers_dense_and_meets_it() -> None:
+    model, data, held = build(), batches(6), batches(3, seed=9)
+    ctx = compile_ctx(copy.deepcopy(model), CFG)
+    targets = targets_of(ctx)
+    loose = fit_accuracy_budget(model, targets, data, held, max_drift=0.5)
+    assert loose.dense == [] and loose.sparsity == pytest.approx(0.5) and loose.trials[0]["dense"] == 0
+    full_drift = loose.fidelity.drift
+    bound = full_drift / 3
+    res = fit_accuracy_budget(model, targets, data, held, max_drift=bound)
+    assert res.dense and res.fidelity.drift <= bound and res.reason == "accuracy_budget"
+    numel = {n: get_param(model, n).numel() for n in targets}
+    pruned = [n for n in targets if n not in res.dense]
+    assert res.sparsity == pytest.approx(sum(numel[n] for n in pruned) / 2 / sum(numel.values()))
+    assert set(res.masks) == set(pruned)
+    # the choice is the smallest prefix of the ranking that meets the budget
+    k = len(res.dense)
+    assert res.dense == [n for n, _ in res.ranking[:k]]
+    assert all(t["drift"] > bound for t in res.trials if t["dense"] < k)
+    # the pruned model the result describes is what fidelity measured
+    again = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, v in res.values.items():
+            get_param(again, n).copy_(v)
+    assert measure_fidelity(model, again, held).mean_cosine == pytest.approx(res.fidelity.mean_cosine, abs=1e-12)
+    with pytest.raises(ValidationError, match=r"cannot be met by pruning any layer: all 6 pruned drift .* with only .* pruned the drift is"):
+        fit_accuracy_budget(model, targets, data, held, max_drift=1e-9)
+
+
+def test_budget_pass_and_bad_budgets() -> None:
+    model, data, held = build(), batches(6), batches(3, seed=9)
+    work = copy.deepcopy(model)
+    ctx = compile_ctx(work, CFG)
+    full = fit_accuracy_budget(model, targets_of(ctx), data, held, max_drift=0.9).fidelity.drift
+    res = accuracy_budget(work, CFG, ctx, calibration=data, evaluation=held, max_drift=full / 3)
+    dense = res.report["dense"]
+    assert dense and all(n not in ctx.patterns and n not in ctx.masks for n in dense)
+    assert all("accuracy budget" in ctx.decisions[n].message and not ctx.decisions[n].pruned for n in dense)
+    assert measure_fidelity(model, work, held).drift <= full / 3
+    for bad in (0, 1, 1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match=r"max_drift must be a number in \(0, 1\)"):
+            fit_accuracy_budget(model, targets_of(ctx), data, held, max_drift=bad)
+    with pytest.raises(ConfigError, match="exactly one accuracy budget"):
+        fit_accuracy_budget(model, targets_of(ctx), data, held)
