@@ -20,6 +20,7 @@ from graphprune.passes.calibrate import (
     CalibrateOptions,
     apply_plan,
     calibrate,
+    choose_method,
     fit_accuracy_budget,
     layer_errors,
 )
@@ -191,13 +192,25 @@ def test_patterns_a_calibrated_method_cannot_compute_and_bad_batches() -> None:
         run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 32),), (torch.randn(4, 32), torch.randn(2))])
     with pytest.raises(InputError, match=r"calibration batch 0: input 'input\[0\]' is float64"):
         run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 32, dtype=torch.float64),)])
-    with pytest.raises(InputError, match=r"calibration batch 0 \(input\[0\]: float32\[4, 31\]\) failed in the model's forward"):
-        run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 31),)])
+    with pytest.raises(
+        InputError,
+        match=r"calibration batch 1 \(input\[0\]: float32\[4, 31\]\) has the wrong shape for layer 'inp': it expects 32 input",
+    ):  # found by the preflight pass over every batch, before any layer is pruned
+        run_calibrate(model, CFG, CalibrateOptions(), [(torch.randn(4, 32),), (torch.randn(4, 31),)])
     with pytest.raises(InputError, match="calibration data is empty"):
         run_calibrate(model, CFG, CalibrateOptions(), [])
     with pytest.raises(InputError, match=r"batch 0: input 'input\[0\]' .* NaN/Inf"):
         run_calibrate(model, CFG, CalibrateOptions(), [(torch.full((4, 32), float("nan")),)])
     assert torch.equal(model.inp.weight, dense_w)  # the caller's model is never touched
+
+
+def test_method_rule() -> None:
+    assert choose_method(None, True) == "sparsegpt" and choose_method(None, False) == "magnitude"
+    assert choose_method("wanda", True) == "wanda" and choose_method("magnitude", False) == "magnitude"
+    with pytest.raises(ConfigError, match=r"method 'sparsegpt' needs calibration data: give --calib SOURCE"):
+        choose_method("sparsegpt", False)
+    with pytest.raises(ConfigError, match="method must be one of"):
+        choose_method("obs", True)
 
 
 # ---- plans: training -> compile ----------------------------------------------------------------------------

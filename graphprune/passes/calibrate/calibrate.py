@@ -37,10 +37,34 @@ from graphprune.config import CompileConfig, ElementPattern, SemiStructured, Uns
 from graphprune.errors import ConfigError
 from graphprune.passes.base import PassContext, PassResult
 from graphprune.passes.calibrate.batches import materialize
-from graphprune.passes.calibrate.driver import CalibrateOptions, prune_layers
+from graphprune.passes.calibrate.driver import METHODS, CalibrateOptions, prune_layers
 from graphprune.runtime.fidelity import LayerError
 
-__all__ = ["SitesResult", "Target", "calibrate", "check_calibratable", "layer_errors", "prune_sites", "targets_of"]
+__all__ = [
+    "SitesResult",
+    "Target",
+    "calibrate",
+    "check_calibratable",
+    "choose_method",
+    "layer_errors",
+    "prune_sites",
+    "targets_of",
+]
+
+
+def choose_method(method: str | None, has_calibration: bool) -> str:
+    """The one rule for compile's method: with calibration data and no method, ``sparsegpt``; without it,
+    ``magnitude``; ``wanda`` / ``sparsegpt`` without calibration data is a ConfigError."""
+    if method is None:
+        return "sparsegpt" if has_calibration else "magnitude"
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method != "magnitude" and not has_calibration:
+        raise ConfigError(
+            f"method {method!r} needs calibration data: give --calib SOURCE (API: calibration=batches), "
+            "or use --method magnitude"
+        )
+    return method
 
 
 def check_calibratable(patterns: dict[str, ElementPattern], method: str) -> None:
@@ -185,6 +209,11 @@ def calibrate(
         "fallback": res.fallback,
         "layers": res.layers,
     }
+    if ctx.capture is not None and ctx.capture.method == "walk":
+        report["capture_note"] = (
+            "the capture was the module walk (no graph): calibration still runs, through forward hooks on "
+            "Linear / Conv1d / Conv2d / transformers Conv1D modules; other weights are masked by magnitude"
+        )
     if res.fallback and not calibrated:
         report["note"] = (
             f"no layer could be calibrated ({len(res.fallback)} masked by magnitude): calibration hooks need the "

@@ -99,6 +99,8 @@ class CalibrateOptions:
     ``"dense"`` (the dense model's outputs; costs a dense copy of the weights).
     ``layer_errors``: measure each layer's relative output error (Wanda then keeps ``K×K`` statistics).
     ``max_batches``: use at most this many calibration batches.
+    ``preflight``: run every batch through the model once before any layer is pruned, so a batch the
+    model cannot take fails (InputError naming it) before any weight changes.
     ``permutation``: per-layer K permutation recorded in the plan (training side only: compile folds
     permutations with its own pass).
     """
@@ -113,6 +115,7 @@ class CalibrateOptions:
     target: Literal["pruned", "dense"] = "pruned"
     layer_errors: bool = True
     max_batches: int | None = None
+    preflight: bool = True
     permutation: bool = False
     permutation_time_budget_s: float = 1.0
     search: Literal["obs", "admm"] = "obs"
@@ -230,6 +233,8 @@ def prune_layers(
     if opts.target == "dense" and opts.sequential:
         dense = copy.deepcopy(model).eval()
     try:
+        if opts.preflight:
+            _preflight(model, layers, batches, forward, device)
         order = _execution_order(model, layers, batches[0], forward, device) if opts.sequential else {}
         unreached = [ly for ly in layers if opts.sequential and ly.entry.fqn not in order]
         for ly in unreached:
@@ -278,6 +283,41 @@ def _run(
         raise InputError(
             f"calibration batch {index} ({describe_batch(batch)}) failed in the model's forward: {type(e).__name__}: {e}"
         ) from e
+
+
+def _input_error(ly: Layer, args: tuple[Any, ...], index: int, batch: Any) -> InputError | None:
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        return InputError(f"layer {ly.entry.name!r} received no tensor input on calibration batch {index}")
+    bad = ly.check_input(x)
+    if bad:
+        return InputError(
+            f"calibration batch {index} ({describe_batch(batch)}) has the wrong shape for layer {ly.entry.name!r}: it {bad}"
+        )
+    return None
+
+
+def _preflight(
+    model: nn.Module, layers: list[Layer], batches: list[Any], forward: Callable[[nn.Module, Any], Any], device: torch.device
+) -> None:
+    """Every batch through the model once, each layer's input checked, before anything is pruned."""
+    index = [0]
+    handles = []
+    for ly in layers:
+
+        def pre(_m: nn.Module, args: tuple[Any, ...], ly: Layer = ly) -> None:
+            err = _input_error(ly, args, index[0], batches[index[0]])
+            if err is not None:
+                raise err
+
+        handles.append(ly.entry.module.register_forward_pre_hook(pre))
+    try:
+        for i, b in enumerate(batches):
+            index[0] = i
+            _run(model, forward, b, i, device)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _execution_order(
@@ -335,16 +375,10 @@ def _calibrate(
     pending: dict[str, list[torch.Tensor]] = {ly.entry.fqn: [] for ly in group}
 
     def check(ly: Layer, args: tuple[Any, ...]) -> torch.Tensor:
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor):
-            raise InputError(f"layer {ly.entry.name!r} received no tensor input on calibration batch {batch_index[0]}")
-        bad = ly.check_input(x)
-        if bad:
-            raise InputError(
-                f"calibration batch {batch_index[0]} ({describe_batch(batches[batch_index[0]])}) has the wrong shape "
-                f"for layer {ly.entry.name!r}: it {bad}"
-            )
-        return ly.rows(x.detach())
+        err = _input_error(ly, args, batch_index[0], batches[batch_index[0]])
+        if err is not None:
+            raise err
+        return ly.rows(args[0].detach())
 
     for ly in group:
 
