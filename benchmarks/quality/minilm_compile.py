@@ -1,0 +1,192 @@
+"""Quality of what ``graphprune compile`` ships: the real MiniLM (all-MiniLM-L6-v2) at 2:4, calibrated.
+
+The pipeline is compile's own stages on ``models.zoo:minilm`` — capture (torch.export), find sites,
+decide (all 37 Linear layers, pooler included, 2:4 along K), then either ``compute_masks``
+(magnitude) or the ``calibrate`` pass (``--calib models.zoo:minilm_calib``: 640 real sentences of the
+calib split, batched by token count), then ``fold_masks``: the folded module is what compile exports
+(ONNX parity is a separate, unchanged check). No permutation of any kind. Evaluation: 200 sentences of
+the eval split (``models.zoo:minilm_eval``), disjoint from every calibration sentence:
+
+- ``emb cos``: cosine of the mean-pooled sentence embeddings to the dense model's (the sentence-
+  transformers metric; the issue's target);
+- ``fidelity``: :func:`graphprune.runtime.fidelity.measure_fidelity` on the same batches — mean / min
+  cosine per token of ``last_hidden_state`` (the worst output), what ``report.json`` will carry.
+
+    python benchmarks/quality/minilm_compile.py --variants '{"method": "magnitude"}' '{"refit": false}' '{}'
+    python benchmarks/quality/minilm_compile.py --variants '{}' --budgets 0.01 0.02 0.05 --ranking error single
+
+Each variant is a JSON object of :class:`~graphprune.passes.calibrate.CalibrateOptions` fields, plus
+``"permute": SECONDS`` to run compile's permute-channels pass first (what ``--permute`` ships: the
+permutation folded into the producers, exact; searched on |W|) with that search budget per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for models/
+
+from graphprune._modules import get_param
+from graphprune.analysis.decide import decide
+from graphprune.analysis.find_sites import find_sites
+from graphprune.capture import capture
+from graphprune.config import CompileConfig, SemiStructured
+from graphprune.passes.base import PassContext, run_pass
+from graphprune.passes.calibrate import CalibrateOptions, calibrate, fit_accuracy_budget, layer_errors
+from graphprune.passes.calibrate.calibrate import targets_of
+from graphprune.passes.fx.compute_masks import compute_masks
+from graphprune.passes.fx.fold_masks import fold_masks
+from graphprune.runtime.fidelity import measure_fidelity
+from graphprune.sparsity.metrics import check_nm
+from models import zoo
+
+CONFIG = CompileConfig(pattern=(SemiStructured(),))
+
+
+def stages(model: torch.nn.Module, inputs: tuple[Any, ...]) -> PassContext:
+    """compile's capture / find_sites / decide stages (api.py)."""
+    ctx = PassContext(inputs)
+    cap = capture(model, inputs)
+    ctx.capture = cap
+    for site in find_sites(cap).sites:
+        site.extra.setdefault("not_floating", not get_param(model, site.param).is_floating_point())
+        ctx.sites[site.param] = site
+        d, p = decide(site, CONFIG)
+        ctx.decisions[site.param] = d
+        if p is not None:
+            ctx.patterns[site.param] = p
+    return ctx
+
+
+def mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+@torch.no_grad()
+def embeddings(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    return torch.cat([mean_pool(model(ids, mask).last_hidden_state, mask) for ids, mask in batches])
+
+
+def run_variant(dense: torch.nn.Module, inputs: tuple[Any, ...], calib: list, evalb: list, spec: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+    work = copy.deepcopy(dense)
+    ctx = stages(work, inputs)
+    spec = dict(spec)
+    permute = spec.pop("permute", False)  # compile's permute pass first (folded into producers; exact)
+    opts = CalibrateOptions(**spec)
+    t0 = time.perf_counter()
+    if permute:
+        from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_channels
+
+        popts = PermuteChannelsConfig(time_budget_s=float(permute))
+        work = run_pass("permute-channels", lambda m, c, x: permute_channels(m, c, x, options=popts), work, CONFIG, ctx)
+    if opts.method == "magnitude":
+        work = run_pass("compute-masks", compute_masks, work, CONFIG, ctx)
+    else:
+        work = run_pass("calibrate", lambda m, c, x: calibrate(m, c, x, calibration=calib, options=opts), work, CONFIG, ctx)
+    seconds = time.perf_counter() - t0
+    work = run_pass("fold-masks", fold_masks, work, CONFIG, ctx)
+    exact = all(check_nm(get_param(work, n).detach(), 2, 4, axis=ctx.sites[n].k_axis).ok for n in ctx.patterns)
+    rec = next(p for p in ctx.report.passes if p.name in ("calibrate", "compute-masks"))
+    fid = measure_fidelity(dense, work, evalb).with_layers(layer_errors(rec.details))
+    cos = F.cosine_similarity(embeddings(work, evalb), embeddings(dense, evalb), dim=-1)
+    errs = [e.output_error for e in fid.layers]
+    row = {
+        "variant": spec,
+        "pruned_layers": len(ctx.patterns),
+        "exact_2_4": exact,
+        "emb_mean_cos": float(cos.mean()),
+        "emb_min_cos": float(cos.min()),
+        "fidelity": fid.summary(),
+        "token_mean_cos": fid.mean_cosine,
+        "token_min_cos": fid.min_cosine,
+        "mean_layer_error": sum(errs) / len(errs) if errs else None,
+        "seconds": round(seconds, 1),
+    }
+    return row, work
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="*", default=['{"method": "magnitude"}', '{"refit": false}', "{}"])
+    ap.add_argument("--calib", type=int, default=640, help="calibration sentences")
+    ap.add_argument("--eval", type=int, default=200, help="evaluation sentences")
+    ap.add_argument("--budgets", nargs="*", type=float, default=[], help="max_drift values to fit (1 - mean token cosine)")
+    ap.add_argument("--ranking", nargs="*", default=["error"], choices=["error", "single"])
+    ap.add_argument("--budget-variant", default="{}", help="CalibrateOptions for the budget runs")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dense, inputs = zoo.build("minilm")
+    calib, evalb = zoo.minilm_calib(args.calib), zoo.minilm_eval(args.eval)
+    out: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
+        "load_before": os.getloadavg(),
+        "calib_sentences": args.calib,
+        "calib_batches": len(calib),
+        "eval_sentences": args.eval,
+        "rows": [],
+        "budgets": [],
+    }
+    print(f"MiniLM: {args.calib} calibration sentences in {len(calib)} batches, {args.eval} eval sentences", flush=True)
+    for text in args.variants:
+        row, _ = run_variant(dense, inputs, calib, evalb, json.loads(text))
+        out["rows"].append(row)
+        print(
+            f"  {text:<48} emb cos {row['emb_mean_cos']:.4f} (min {row['emb_min_cos']:.3f})  token cos {row['token_mean_cos']:.4f}"
+            f"  {row['seconds']:.0f}s  load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    if args.budgets:
+        work = copy.deepcopy(dense)
+        ctx = stages(work, inputs)
+        opts = CalibrateOptions(**json.loads(args.budget_variant))
+        total = sum(get_param(dense, n).numel() for n in ctx.patterns)
+        for ranking in args.ranking:
+            for b in args.budgets:
+                t0 = time.perf_counter()
+                try:
+                    res = fit_accuracy_budget(dense, targets_of(ctx), calib, evalb, options=opts, max_drift=b, ranking=ranking)
+                except Exception as e:  # an unreachable budget is a result too
+                    out["budgets"].append({"max_drift": b, "ranking": ranking, "error": str(e)})
+                    print(f"  budget {b}: {e}", flush=True)
+                    continue
+                row = {
+                    "max_drift": b,
+                    "ranking": res.ranking_kind,
+                    "dense_layers": res.dense,
+                    "sparsity": res.sparsity,
+                    "sparsity_of_all_37": res.sparsity,
+                    "flops_on_zeros": res.flops_on_zeros,
+                    "drift": res.fidelity.drift,
+                    "token_mean_cos": res.fidelity.mean_cosine,
+                    "trials": res.trials,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "prunable_params": total,
+                }
+                out["budgets"].append(row)
+                print(
+                    f"  budget {b} ({res.ranking_kind}): {len(res.dense)} dense, sparsity {res.sparsity:.3f}, "
+                    f"FLOPs on zeros {res.flops_on_zeros:.3f}, drift {res.fidelity.drift:.4f}, {len(res.trials)} trials, "
+                    f"{row['seconds']:.0f}s",
+                    flush=True,
+                )
+    out["load_after"] = os.getloadavg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
