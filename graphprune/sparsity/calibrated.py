@@ -28,11 +28,8 @@ column it prunes; the refit re-optimises every kept weight of the row jointly. D
 solved by preconditioned conjugate gradients over all rows at once (warm-started from SparseGPT's
 weights it converges in a few dozen ``[R, K] @ [K, K]`` products, ~15x faster than a Cholesky per row).
 
-Corrected target (inputs of a pruned model): when a layer's inputs ``X̃`` come from already pruned
-layers but should reproduce the dense model's ``W X``, the unconstrained least-squares weight is
-``W* = W C H̃⁻¹`` with ``H̃ = Σ x̃ x̃ᵀ`` and ``C = Σ x x̃ᵀ``; and ``||W X - W' X̃||² = ||W X - W* X̃||² +
-||(W* - W') X̃||²``, so pruning ``W*`` against ``H̃`` (SparseGPT, refit) minimises the error to the dense
-model's outputs (:func:`corrected_target`).
+ADMM mask search (:func:`admm_prune`): see its docstring; it can move weights between the groups
+SparseGPT's greedy left-to-right pass fixed early, and ends with the exact refit.
 """
 
 from __future__ import annotations
@@ -48,11 +45,9 @@ from graphprune.errors import ConfigError, WeightError
 from graphprune.sparsity._common import as_rows_by_k, check_divisible, from_rows_by_k, normalize_axis
 
 __all__ = [
-    "CrossAccumulator",
     "HessianAccumulator",
     "InputNormAccumulator",
     "admm_prune",
-    "corrected_target",
     "gram_output_error",
     "reconstruction_error",
     "refit_kept",
@@ -277,60 +272,10 @@ def reconstruction_error(weight: Tensor, new_weight: Tensor, x: Tensor, *, axis:
     return float((ref - xs @ w2.T).norm() / ref.norm().clamp_min(1e-30))
 
 
-class CrossAccumulator:
-    """Running ``C = (2/T) Σ_t x_t x̃_tᵀ`` (``K×K``) over paired rows: ``x`` from the dense model, ``x̃`` from
-    the pruned one (same tokens, same order); scaled like :class:`HessianAccumulator` so ``C`` and ``H̃``
-    can be combined directly (see :func:`corrected_target`)."""
-
-    def __init__(self, k: int, device: torch.device | str | None = None) -> None:
-        self.k = k
-        self.C = torch.zeros(k, k, dtype=torch.float32, device=device)
-        self.rows = 0
-
-    @torch.no_grad()
-    def add(self, x_dense: Tensor, x_pruned: Tensor) -> None:
-        if x_dense.shape != x_pruned.shape or x_dense.dim() != 2 or x_dense.shape[1] != self.k:
-            raise WeightError(
-                f"paired calibration rows must both have shape [T, {self.k}], got {tuple(x_dense.shape)} and "
-                f"{tuple(x_pruned.shape)}"
-            )
-        t = x_dense.shape[0]
-        if t == 0:
-            return
-        total = self.rows + t
-        self.C.mul_(self.rows / total)
-        s = math.sqrt(2.0 / total)
-        self.C.addmm_((x_dense.detach().to(torch.float32) * s).T, x_pruned.detach().to(torch.float32) * s)
-        self.rows = total
-
-
 def _damped(H: Tensor, percdamp: float) -> Tensor:
     diag_mean = float(torch.diagonal(H).mean())
     damp = percdamp * (diag_mean if diag_mean > 0 else 1.0)
     return H + damp * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-
-
-@torch.no_grad()
-def corrected_target(weight: Tensor, hessian: Tensor, cross: Tensor, *, axis: int, percdamp: float = 0.01) -> Tensor:
-    """``W* = W C H̃⁻¹``: the weight that maps the pruned model's inputs onto the dense layer's outputs.
-
-    ``hessian`` is ``H̃`` (pruned-model inputs), ``cross`` is ``C = Σ x x̃ᵀ`` (dense rows x, pruned rows x̃), both
-    ``K×K`` and scaled alike. ``H̃`` is damped by ``percdamp·mean(diag)`` as in SparseGPT. Returns ``W*`` in the
-    weight's layout and dtype.
-    """
-    axis = _check_2d(weight, axis, "corrected_target")
-    k = weight.shape[axis]
-    for what, t in (("Hessian", hessian), ("cross term", cross)):
-        if t.shape != (k, k):
-            raise WeightError(f"corrected_target: {what} has shape {tuple(t.shape)}, expected ({k}, {k})")
-    W = as_rows_by_k(weight.detach(), axis).to(torch.float64)
-    Hd = _damped(hessian.detach().to(W.device, torch.float64), percdamp)
-    rhs = W @ cross.detach().to(W.device, torch.float64)  # [R, K]: W C
-    L, info = torch.linalg.cholesky_ex(Hd)
-    if int(info):
-        raise WeightError("corrected_target: the damped Hessian is not positive definite; use a larger percdamp")
-    star = torch.cholesky_solve(rhs.T, L).T  # (H̃⁻¹ (W C)ᵀ)ᵀ = W C H̃⁻¹ (H̃ symmetric)
-    return from_rows_by_k(star, weight.shape, axis).to(weight.dtype)
 
 
 @torch.no_grad()

@@ -13,12 +13,6 @@ error measurement) or ``XᵀX`` (``K×K``) — never the activations themselves.
 in place, so later groups see the outputs of already pruned layers (``sequential``; SparseGPT's
 scheme). With ``early_exit`` the forward pass stops once the group's last layer has run.
 
-``target="dense"`` (corrected target): a dense copy of the model runs beside the pruned one and each
-layer also accumulates ``C = Σ x x̃ᵀ`` (its dense inputs x against its pruned-model inputs x̃, one
-batch of one group's inputs held at a time); the layer is then pruned towards ``W* = W C H̃⁻¹``, the
-weight that maps the pruned model's inputs onto the dense layer's outputs (see
-``graphprune.sparsity.calibrated``). This costs one dense copy of the weights.
-
 ``refit``: after the mask is chosen, the kept weights of every row are re-solved by exact least
 squares against ``H`` (SparseGPT's greedy pass only updates columns to the right of each pruned one).
 
@@ -33,7 +27,6 @@ caller decides (``prune_oneshot`` leaves them dense, the compile pass falls back
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -51,11 +44,9 @@ from graphprune.passes.calibrate.batches import default_forward, describe_batch,
 from graphprune.passes.calibrate.layers import Layer, layer_for
 from graphprune.plan import Plan, PlanSite
 from graphprune.sparsity.calibrated import (
-    CrossAccumulator,
     HessianAccumulator,
     InputNormAccumulator,
     admm_prune,
-    corrected_target,
     gram_output_error,
     refit_kept,
     sparsegpt_prune,
@@ -95,8 +86,6 @@ class CalibrateOptions:
     statistic from one pass over the dense model). ``group_by``: ``"block"``, ``"parent"`` or ``"layer"``.
     ``blocksize`` / ``percdamp``: SparseGPT's column block and damping (fraction of mean diag H).
     ``refit``: exact least squares over the kept weights after the mask is chosen (None: on for SparseGPT).
-    ``target``: ``"pruned"`` (each layer reproduces its own outputs on its pruned-model inputs) or
-    ``"dense"`` (the dense model's outputs; costs a dense copy of the weights).
     ``layer_errors``: measure each layer's relative output error (Wanda then keeps ``K×K`` statistics).
     ``max_batches``: use at most this many calibration batches.
     ``preflight``: run every batch through the model once before any layer is pruned, so a batch the
@@ -112,7 +101,6 @@ class CalibrateOptions:
     blocksize: int = 128
     percdamp: float = 0.01
     refit: bool | None = None
-    target: Literal["pruned", "dense"] = "pruned"
     layer_errors: bool = True
     max_batches: int | None = None
     preflight: bool = True
@@ -133,7 +121,6 @@ class CalibrateOptions:
 
         choice("method", METHODS)
         choice("group_by", tuple(GROUPINGS))
-        choice("target", ("pruned", "dense"))
         choice("search", ("obs", "admm"))
         choice("admm_init", ("obs", "wanda"))
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
@@ -229,9 +216,6 @@ def prune_layers(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    dense: nn.Module | None = None
-    if opts.target == "dense" and opts.sequential:
-        dense = copy.deepcopy(model).eval()
     try:
         if opts.preflight:
             _preflight(model, layers, batches, forward, device)
@@ -258,14 +242,13 @@ def prune_layers(
                 group_of(group[0].entry.name),
                 len(group),
             )
-            _calibrate(model, group, batches, forward, device, opts, order if (opts.sequential and opts.early_exit) else None, dense)
+            _calibrate(model, group, batches, forward, device, opts, order if (opts.sequential and opts.early_exit) else None)
             for ly in group:
                 if ly.calls == 0:
                     plan.skip(ly.entry.fqn, "not_reached", "the layer did not run on the calibration batches")
                     continue
                 _prune_layer(ly, plan, opts)
                 ly.stat = None  # free the K×K / K statistics before the next group
-                ly.cross = None
     finally:
         model.train(was_training)
     return plan
@@ -342,18 +325,6 @@ def _execution_order(
     return {k: (v[0], len(v), v[-1]) for k, v in seen.items()}
 
 
-def _stopper(module: nn.Module, expected: int) -> tuple[Any, list[int]]:
-    """A forward hook on ``module`` that stops the forward once it has run ``expected`` times."""
-    seen = [0]
-
-    def post(_m: nn.Module, _a: tuple[Any, ...], _o: Any) -> None:
-        seen[0] += 1
-        if seen[0] >= expected:
-            raise _StopForward
-
-    return module.register_forward_hook(post), seen
-
-
 def _calibrate(
     model: nn.Module,
     group: list[Layer],
@@ -362,82 +333,48 @@ def _calibrate(
     device: torch.device,
     opts: CalibrateOptions,
     order: dict[str, tuple[int, int, int]] | None,
-    dense: nn.Module | None,
 ) -> None:
     full = opts.method == "sparsegpt" or opts.layer_errors or opts.refits
     for ly in group:
         dev = ly.entry.param.device
         ly.stat = HessianAccumulator(ly.k, dev) if full else InputNormAccumulator(ly.k, dev)
-        ly.cross = CrossAccumulator(ly.k, dev) if dense is not None else None
         ly.calls = 0
     handles = []
     batch_index = [0]
-    pending: dict[str, list[torch.Tensor]] = {ly.entry.fqn: [] for ly in group}
-
-    def check(ly: Layer, args: tuple[Any, ...]) -> torch.Tensor:
-        err = _input_error(ly, args, batch_index[0], batches[batch_index[0]])
-        if err is not None:
-            raise err
-        return ly.rows(args[0].detach())
-
     for ly in group:
 
         def pre(_m: nn.Module, args: tuple[Any, ...], ly: Layer = ly) -> None:
-            rows = check(ly, args)
+            err = _input_error(ly, args, batch_index[0], batches[batch_index[0]])
+            if err is not None:
+                raise err
             assert ly.stat is not None
-            ly.stat.add(rows)
-            if ly.cross is not None:
-                queue = pending[ly.entry.fqn]
-                if not queue:
-                    raise InputError(
-                        f"layer {ly.entry.name!r} ran more often in the pruned model than in the dense one on calibration "
-                        f"batch {batch_index[0]}; target='dense' needs a deterministic forward"
-                    )
-                ly.cross.add(queue.pop(0), rows)
+            ly.stat.add(ly.rows(args[0].detach()))
             ly.calls += 1
 
         handles.append(ly.entry.module.register_forward_pre_hook(pre))
-    dense_handles = []
-    if dense is not None:
-        for ly in group:
-
-            def pre_dense(_m: nn.Module, args: tuple[Any, ...], ly: Layer = ly) -> None:
-                pending[ly.entry.fqn].append(check(ly, args))
-
-            dense_handles.append(dense.get_submodule(ly.entry.name).register_forward_pre_hook(pre_dense))
-    stops: list[tuple[Any, list[int], int]] = []
+    seen = [0]
     if order is not None:
         # stop after the group's last layer (in call order) has run as often as it did when traced
         last = max(group, key=lambda ly: order[ly.entry.fqn][2])
         expected = order[last.entry.fqn][1]
-        h, seen = _stopper(last.entry.module, expected)
-        handles.append(h)
-        stops.append((h, seen, expected))
-        if dense is not None:
-            h2, seen2 = _stopper(dense.get_submodule(last.entry.name), expected)
-            dense_handles.append(h2)
-            stops.append((h2, seen2, expected))
+
+        def post(_m: nn.Module, _a: tuple[Any, ...], _o: Any) -> None:
+            seen[0] += 1
+            if seen[0] >= expected:
+                raise _StopForward
+
+        handles.append(last.entry.module.register_forward_hook(post))
     try:
         for i, b in enumerate(batches):
             batch_index[0] = i
-            for _h, seen, _e in stops:
-                seen[0] = 0
-            if dense is not None:
-                for q in pending.values():
-                    q.clear()
-                try:
-                    _run(dense, forward, b, i, device)
-                except _StopForward:
-                    pass
+            seen[0] = 0
             try:
                 _run(model, forward, b, i, device)
             except _StopForward:
                 pass
     finally:
-        for h in handles + dense_handles:
+        for h in handles:
             h.remove()
-        for q in pending.values():
-            q.clear()
 
 
 @torch.no_grad()
@@ -488,22 +425,18 @@ def _prune_layer(ly: Layer, plan: Plan, opts: CalibrateOptions) -> None:
         return t if cols is None else t.index_select(axis, torch.argsort(cols))
 
     Hp = None if H is None else (H if cols is None else H.index_select(0, cols).index_select(1, cols))
-    target_v = wv
-    if ly.cross is not None and Hp is not None:
-        C = ly.cross.C if cols is None else ly.cross.C.index_select(0, cols).index_select(1, cols)
-        target_v = back(corrected_target(fwd(wv), Hp, C, axis=axis, percdamp=opts.percdamp))
     new_v: torch.Tensor | None = None
     if method == "sparsegpt":
         assert Hp is not None
         init = None
         if opts.search == "obs" or opts.admm_init == "obs":
             new_p, keep_p = sparsegpt_prune(
-                fwd(target_v), Hp, pattern, axis=axis, blocksize=opts.blocksize, percdamp=opts.percdamp, name=e.fqn
+                fwd(wv), Hp, pattern, axis=axis, blocksize=opts.blocksize, percdamp=opts.percdamp, name=e.fqn
             )
             init = keep_p
         if opts.search == "admm":
             new_p, keep_p = admm_prune(
-                fwd(target_v),
+                fwd(wv),
                 Hp,
                 pattern,
                 axis=axis,
@@ -516,14 +449,12 @@ def _prune_layer(ly: Layer, plan: Plan, opts: CalibrateOptions) -> None:
             )
         new_v, keep_v = back(new_p), back(keep_p)
     elif method == "wanda":
-        keep_v = back(wanda_mask(fwd(target_v), norm if cols is None else norm.index_select(0, cols), pattern, axis=axis))
+        keep_v = back(wanda_mask(fwd(wv), norm if cols is None else norm.index_select(0, cols), pattern, axis=axis))
     else:  # magnitude: |W| per row (unstructured) or per group of M, as Wanda with unit input norms
         keep_v = back(wanda_mask(fwd(wv), torch.ones(ly.k, device=w.device), pattern, axis=axis))
-    if opts.refits and Hp is not None:
+    if opts.refits and Hp is not None and not (method == "sparsegpt" and opts.search == "admm"):  # ADMM ends refitted
         start = fwd(new_v) if new_v is not None else None
-        new_v = back(refit_kept(fwd(target_v), Hp, fwd(keep_v), axis=axis, percdamp=opts.percdamp, init=start))
-    elif new_v is None and target_v is not wv:
-        new_v = target_v * keep_v
+        new_v = back(refit_kept(fwd(wv), Hp, fwd(keep_v), axis=axis, percdamp=opts.percdamp, init=start))
     extra: dict[str, Any] = {"method": method, "calibration_rows": stat.rows if stat is not None else 0}
     total = float(wv.abs().sum(dtype=torch.float64))
     extra["kept_magnitude"] = float((wv.abs() * keep_v).sum(dtype=torch.float64)) / total if total > 0 else 1.0
@@ -537,6 +468,11 @@ def _prune_layer(ly: Layer, plan: Plan, opts: CalibrateOptions) -> None:
     extra.update({k: v for k, v in ly.extra.items() if v is not None})
     if method != "magnitude" and stat is not None and stat.rows == 0:
         extra["note"] = "no calibration rows"
+    elif method != "magnitude" and stat is not None and stat.rows < ly.k:
+        extra["note"] = (
+            f"{stat.rows} calibration rows < K={ly.k}: the statistics are rank-deficient and the update may fit them "
+            "rather than the data; calibrate with more samples"
+        )
     plan.add(
         PlanSite(
             param=e.fqn,

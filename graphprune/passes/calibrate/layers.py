@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphprune.analysis.module_sites import SiteEntry, _is_hf_conv1d
-from graphprune.sparsity.calibrated import CrossAccumulator, HessianAccumulator, InputNormAccumulator
+from graphprune.sparsity.calibrated import HessianAccumulator, InputNormAccumulator
 
 __all__ = ["Layer", "layer_for"]
 
@@ -30,7 +30,6 @@ class Layer:
     k: int  # columns of the 2-D view
     axis: int  # K axis of the 2-D view
     stat: InputNormAccumulator | HessianAccumulator | None = None
-    cross: CrossAccumulator | None = None  # dense x pruned inputs (corrected target)
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
