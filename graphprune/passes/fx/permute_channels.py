@@ -198,12 +198,14 @@ def permute_model_channels(
     targets: Iterable[str] | None = None,
     k_axes: Mapping[str, int] | None = None,
     exported: Any = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> PermutationReport:
     """Permute ``model``'s coupled channels in place to raise the magnitude N:M masks keep.
 
     ``targets``: parameter fqns that will get N:M masks (default: every prunable site whose K is a
     multiple of M). ``k_axes``: parameter fqn -> K axis (default: from ``find_sites``).
-    ``exported``: an ``ExportedProgram`` of ``model`` to reuse. Returns per-layer and per-group
+    ``exported``: an ``ExportedProgram`` of ``model`` to reuse. ``scores``: param fqn -> importance of the
+    weight's elements (its shape) to search on instead of ``|W|`` — a calibrated method's own scores. Returns per-layer and per-group
     records (see the module docstring for what is permuted and why not).
     """
     from graphprune.analysis.groups import export_for_analysis, find_groups
@@ -265,9 +267,9 @@ def permute_model_channels(
         moves: list[Move] = []
         if not reason:
             if g.kind == "heads":
-                moves, reason = _search_heads(model, g, consumers, rec, n, m, budget, opts, report.search_seconds)
+                moves, reason = _search_heads(model, g, consumers, rec, n, m, budget, opts, report.search_seconds, scores)
             else:
-                moves, reason = _search_channels(model, g, consumers, rec, n, m, budget, opts)
+                moves, reason = _search_channels(model, g, consumers, rec, n, m, budget, opts, scores)
             report.search_seconds += rec.seconds
         if reason:
             rec.reason = reason
@@ -306,7 +308,12 @@ def permute_model_channels(
 
 
 def permute_channels(
-    module: nn.Module, config: CompileConfig, ctx: PassContext, *, options: PermuteChannelsConfig | None = None
+    module: nn.Module,
+    config: CompileConfig,
+    ctx: PassContext,
+    *,
+    options: PermuteChannelsConfig | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> PassResult:
     """The pass: permute for the N:M pattern of ``config`` the sites ``ctx.patterns`` prunes N:M.
 
@@ -320,5 +327,7 @@ def permute_channels(
     targets = [p for p, pat in ctx.patterns.items() if isinstance(pat, SemiStructured) and (pat.n, pat.m) == (pattern.n, pattern.m)]
     k_axes = {p: s.k_axis for p, s in ctx.sites.items()} or None
     exported = ctx.capture.exported if ctx.capture is not None and ctx.capture.method == "export" else None
-    report = permute_model_channels(module, ctx.example_inputs, opts, targets=targets, k_axes=k_axes, exported=exported)
+    report = permute_model_channels(
+        module, ctx.example_inputs, opts, targets=targets, k_axes=k_axes, exported=exported, scores=scores
+    )
     return PassResult(module, modified=bool(report.permuted_groups), report=report.to_dict())
