@@ -307,3 +307,28 @@ def test_budget_pass_and_bad_budgets() -> None:
             fit_accuracy_budget(model, targets_of(ctx), data, held, max_drift=bad)
     with pytest.raises(ConfigError, match="exactly one accuracy budget"):
         fit_accuracy_budget(model, targets_of(ctx), data, held)
+
+
+@torch.no_grad()
+def test_permutation_is_searched_on_the_methods_scores() -> None:
+    from graphprune.passes.fx._permute_search import _kept
+    from graphprune.passes.fx.permute_channels import PermuteChannelsConfig
+
+    model, data = build(), batches(4)
+    work = copy.deepcopy(model)
+    ctx = compile_ctx(work, CFG)
+    rows = torch.cat([b[0] for b in data])
+    hidden = torch.nn.functional.gelu(model.blocks[0][0](model.inp(rows)))  # the inputs of blocks.0.2
+    res = calibrate(
+        work, CFG, ctx, calibration=data, permute=PermuteChannelsConfig(time_budget_s=0.2), options=CalibrateOptions()
+    )
+    perm = res.report["permute"]
+    group = next(g for g in perm["groups"] if g["consumers"] == ["blocks.0.2.weight"])
+    assert group["permuted"]
+    # the search ran on |W|·||x||, not on |W|: its "before" figure is the N:M-kept share of those scores
+    scores = model.blocks[0][2].weight.abs() * hidden.norm(dim=0)
+    assert group["kept_before"] == pytest.approx(_kept(scores, 2, 4, 1), rel=1e-5)
+    assert group["kept_before"] != pytest.approx(_kept(model.blocks[0][2].weight, 2, 4, 1), rel=1e-3)
+    assert group["kept_after"] > group["kept_before"]
+    for name in ctx.masks:
+        assert check_nm(get_param(work, name), 2, 4, axis=1).ok

@@ -37,7 +37,8 @@ from graphprune.config import CompileConfig, ElementPattern, SemiStructured, Uns
 from graphprune.errors import ConfigError
 from graphprune.passes.base import PassContext, PassResult
 from graphprune.passes.calibrate.batches import materialize
-from graphprune.passes.calibrate.driver import METHODS, CalibrateOptions, prune_layers
+from graphprune.passes.calibrate.driver import METHODS, CalibrateOptions, prune_layers, weight_scores
+from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_channels
 from graphprune.runtime.fidelity import LayerError
 
 __all__ = [
@@ -182,8 +183,14 @@ def calibrate(
     *,
     calibration: Sequence[Any],
     options: CalibrateOptions | None = None,
+    permute: PermuteChannelsConfig | None = None,
 ) -> PassResult:
-    """The pass (see the module docstring). ``calibration``: batches of positional inputs."""
+    """The pass (see the module docstring). ``calibration``: batches of positional inputs.
+
+    ``permute``: first permute coupled channels (compile's ``permute-channels`` pass, folded into the
+    producers, exact) searched on the method's own scores ``|W|·||x||`` rather than ``|W|``; compile then
+    skips its own permute stage. Its report is this pass's ``permute`` entry.
+    """
     opts = options or CalibrateOptions()
     if opts.method == "magnitude":  # no calibration: compile's own magnitude masks
         from graphprune.passes.fx.compute_masks import compute_masks
@@ -192,6 +199,11 @@ def calibrate(
         return PassResult(plain.module, plain.modified, {**plain.report, "method": "magnitude"})
     check_calibratable(dict(ctx.patterns), opts.method)
     batches = materialize(calibration, opts.max_batches, reference=ctx.example_inputs)
+    permuted: dict[str, Any] | None = None
+    if permute is not None and isinstance(config.element_pattern, SemiStructured):
+        entries = [e for e in (_entry(module, n, t)[0] for n, t in targets_of(ctx).items()) if e is not None]
+        scores = weight_scores(module, entries, batches)
+        permuted = permute_channels(module, config, ctx, options=permute, scores=scores).report
     res = prune_sites(module, targets_of(ctx), batches, opts, reference=ctx.example_inputs)
     for name, mask in res.masks.items():
         ctx.masks[name] = mask
@@ -209,6 +221,8 @@ def calibrate(
         "fallback": res.fallback,
         "layers": res.layers,
     }
+    if permuted is not None:
+        report["permute"] = permuted
     if ctx.capture is not None and ctx.capture.method == "walk":
         report["capture_note"] = (
             "the capture was the module walk (no graph): calibration still runs, through forward hooks on "

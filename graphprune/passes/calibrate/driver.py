@@ -53,7 +53,7 @@ from graphprune.sparsity.calibrated import (
     wanda_mask,
 )
 
-__all__ = ["METHODS", "CalibrateOptions", "Method", "block_of", "prune_layers"]
+__all__ = ["METHODS", "CalibrateOptions", "Method", "block_of", "prune_layers", "weight_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,54 @@ def prune_layers(
     finally:
         model.train(was_training)
     return plan
+
+
+@torch.no_grad()
+def weight_scores(
+    model: nn.Module,
+    entries: Sequence[SiteEntry],
+    batches: list[Any],
+    forward: Callable[[nn.Module, Any], Any] = default_forward,
+) -> dict[str, torch.Tensor]:
+    """The calibrated methods' importance of every weight element, ``|W| · ||x_j||₂`` (Wanda's score; the
+    permutation search of SparseGPT too), from one pass of ``batches`` over the model as it is.
+
+    param fqn -> tensor of the weight's shape; layers the hooks cannot see are left out (their search
+    falls back to ``|W|``). Used to search channel permutations on the method's own scores.
+    """
+    layers = [ly for ly in (layer_for(e)[0] for e in entries) if ly is not None]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for ly in layers:
+        ly.stat = InputNormAccumulator(ly.k, ly.entry.param.device)
+    handles = []
+    for ly in layers:
+
+        def pre(_m: nn.Module, args: tuple[Any, ...], ly: Layer = ly) -> None:
+            if args and isinstance(args[0], torch.Tensor) and ly.check_input(args[0]) is None:
+                assert isinstance(ly.stat, InputNormAccumulator)
+                ly.stat.add(ly.rows(args[0].detach()))
+
+        handles.append(ly.entry.module.register_forward_pre_hook(pre))
+    was_training = model.training
+    model.eval()
+    try:
+        for i, b in enumerate(batches):
+            _run(model, forward, b, i, device)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    out: dict[str, torch.Tensor] = {}
+    for ly in layers:
+        assert isinstance(ly.stat, InputNormAccumulator)
+        if ly.stat.rows == 0:
+            continue
+        wv = ly.view(ly.entry.param.detach()).abs().float()
+        shape = [1] * wv.dim()
+        shape[ly.axis] = ly.k
+        out[ly.entry.fqn] = ly.unview(wv * ly.stat.norm().to(wv.device).reshape(shape), ly.entry.param.shape)
+        ly.stat = None
+    return out
 
 
 def _run(
