@@ -17,7 +17,8 @@ the eval split (``models.zoo:minilm_eval``), disjoint from every calibration sen
 
 Each variant is a JSON object of :class:`~graphprune.passes.calibrate.CalibrateOptions` fields, plus
 ``"permute": SECONDS`` to run compile's permute-channels pass first (what ``--permute`` ships: the
-permutation folded into the producers, exact; searched on |W|) with that search budget per group.
+permutation folded into the producers, exact; searched on |W|) with that search budget per group, or
+``"permute_scores": SECONDS`` for the same permutation searched on the method's scores |W|·||x||.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
 from graphprune.config import CompileConfig, SemiStructured
 from graphprune.passes.base import PassContext, run_pass
-from graphprune.passes.calibrate import CalibrateOptions, calibrate, fit_accuracy_budget, layer_errors
+from graphprune.passes.calibrate import CalibrateOptions, calibrate, layer_errors
+from graphprune.passes.calibrate.budget import BudgetSearch
 from graphprune.passes.calibrate.calibrate import targets_of
 from graphprune.passes.fx.compute_masks import compute_masks
 from graphprune.passes.fx.fold_masks import fold_masks
@@ -84,6 +86,7 @@ def run_variant(dense: torch.nn.Module, inputs: tuple[Any, ...], calib: list, ev
     ctx = stages(work, inputs)
     spec = dict(spec)
     permute = spec.pop("permute", False)  # compile's permute pass first (folded into producers; exact)
+    permute_scores = spec.pop("permute_scores", False)  # the same, searched on the method's scores
     opts = CalibrateOptions(**spec)
     t0 = time.perf_counter()
     if permute:
@@ -94,7 +97,12 @@ def run_variant(dense: torch.nn.Module, inputs: tuple[Any, ...], calib: list, ev
     if opts.method == "magnitude":
         work = run_pass("compute-masks", compute_masks, work, CONFIG, ctx)
     else:
-        work = run_pass("calibrate", lambda m, c, x: calibrate(m, c, x, calibration=calib, options=opts), work, CONFIG, ctx)
+        from graphprune.passes.fx.permute_channels import PermuteChannelsConfig
+
+        pc = PermuteChannelsConfig(time_budget_s=float(permute_scores)) if permute_scores else None
+        work = run_pass(
+            "calibrate", lambda m, c, x: calibrate(m, c, x, calibration=calib, options=opts, permute=pc), work, CONFIG, ctx
+        )
     seconds = time.perf_counter() - t0
     work = run_pass("fold-masks", fold_masks, work, CONFIG, ctx)
     exact = all(check_nm(get_param(work, n).detach(), 2, 4, axis=ctx.sites[n].k_axis).ok for n in ctx.patterns)
@@ -155,10 +163,13 @@ def main() -> None:
         opts = CalibrateOptions(**json.loads(args.budget_variant))
         total = sum(get_param(dense, n).numel() for n in ctx.patterns)
         for ranking in args.ranking:
-            for b in args.budgets:
+            t0 = time.perf_counter()
+            search = BudgetSearch(dense, targets_of(ctx), calib, evalb, options=opts, ranking=ranking)  # type: ignore[arg-type]
+            print(f"  ranking {ranking}: {time.perf_counter() - t0:.0f}s", flush=True)
+            for b in sorted(args.budgets):
                 t0 = time.perf_counter()
                 try:
-                    res = fit_accuracy_budget(dense, targets_of(ctx), calib, evalb, options=opts, max_drift=b, ranking=ranking)
+                    res = search.fit(b)
                 except Exception as e:  # an unreachable budget is a result too
                     out["budgets"].append({"max_drift": b, "ranking": ranking, "error": str(e)})
                     print(f"  budget {b}: {e}", flush=True)
@@ -168,7 +179,6 @@ def main() -> None:
                     "ranking": res.ranking_kind,
                     "dense_layers": res.dense,
                     "sparsity": res.sparsity,
-                    "sparsity_of_all_37": res.sparsity,
                     "flops_on_zeros": res.flops_on_zeros,
                     "drift": res.fidelity.drift,
                     "token_mean_cos": res.fidelity.mean_cosine,

@@ -292,6 +292,21 @@ def test_budget_leaves_sensitive_layers_dense_and_meets_it() -> None:
         fit_accuracy_budget(model, targets, data, held, max_drift=1e-9)
 
 
+def test_budget_search_shares_trials_across_budgets() -> None:
+    from graphprune.passes.calibrate.budget import BudgetSearch
+
+    model, data, held = build(), batches(6), batches(3, seed=9)
+    targets = targets_of(compile_ctx(copy.deepcopy(model), CFG))
+    search = BudgetSearch(model, targets, data, held, options=CalibrateOptions(method="wanda"))
+    full = search.trials[0]["drift"]
+    tight, loose = search.fit(full / 4), search.fit(full / 2)
+    runs = len(search.trials)
+    again = search.fit(full / 4)
+    assert len(search.trials) == runs and again.dense == tight.dense  # no new trial
+    assert len(loose.dense) <= len(tight.dense) and tight.fidelity.drift <= full / 4 and loose.fidelity.drift <= full / 2
+    assert loose.sparsity >= tight.sparsity
+
+
 def test_budget_pass_and_bad_budgets() -> None:
     model, data, held = build(), batches(6), batches(3, seed=9)
     work = copy.deepcopy(model)

@@ -45,7 +45,7 @@ from graphprune.passes.calibrate.calibrate import SitesResult, Target, check_cal
 from graphprune.passes.calibrate.driver import CalibrateOptions
 from graphprune.runtime.fidelity import FidelityReport, LayerError, measure_fidelity
 
-__all__ = ["ACCURACY_BUDGET", "BudgetResult", "accuracy_budget", "check_budget", "fit_accuracy_budget"]
+__all__ = ["ACCURACY_BUDGET", "BudgetResult", "BudgetSearch", "accuracy_budget", "check_budget", "fit_accuracy_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,135 @@ class BudgetResult:
         )
 
 
+class BudgetSearch:
+    """The search behind :func:`fit_accuracy_budget`, reusable across budgets (trials are cached by the
+    number of layers left dense, so fitting 0.01, 0.02 and 0.05 shares the runs they have in common).
+
+    Only the fidelity and the zero counts of a trial are kept, plus the pruned weights of the trial that
+    :meth:`fit` returns; ``model`` is never modified.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Mapping[str, Target],
+        calibration: Sequence[Any],
+        evaluation: Sequence[Any],
+        *,
+        options: CalibrateOptions | None = None,
+        ranking: Literal["error", "single"] = "error",
+        per_weight: bool = True,
+        flops: Mapping[str, int] | None = None,
+        reference: Any = None,
+        logits: Sequence[str | int] = (),
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        if ranking not in ("error", "single"):
+            raise ConfigError(f"ranking must be 'error' or 'single', got {ranking!r}")
+        if not targets:
+            raise ConfigError("the accuracy budget has no layers to choose from: nothing is pruned")
+        self.model, self.targets = model, dict(targets)
+        self.calibration, self.evaluation = calibration, evaluation
+        self.opts = options or CalibrateOptions()
+        self.reference, self.logits = reference, logits
+        self.say = progress or (lambda _msg: None)
+        self.names = list(targets)
+        self.numel = {n: model.get_parameter(n).numel() for n in self.names}
+        self.cost = {n: (flops or {}).get(n) or self.numel[n] for n in self.names}
+        self.trials: dict[int, dict[str, Any]] = {}
+        self.ranking_kind = ranking + ("/weight" if per_weight else "")
+        self._kept: tuple[int, nn.Module, SitesResult] | None = None
+        first = self._trial(0, set())  # everything pruned; also gives the per-layer errors
+        if ranking == "error":
+            scores = {n: float(first[1].layers.get(n, {}).get("output_error") or 0.0) ** 2 for n in self.names}
+        else:
+            scores = {}
+            for n in self.names:
+                f1 = self._run(set(self.names) - {n})[2]
+                scores[n] = f1.drift
+                self.say(f"accuracy budget: only {n} pruned -> drift {f1.drift:.5f}")
+        if per_weight:
+            total = sum(self.numel.values())
+            scores = {n: sc / (self.numel[n] / total) for n, sc in scores.items()}
+        self.scores = scores
+        self.order = sorted(self.names, key=lambda n: -scores[n])
+
+    def _run(self, dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
+        work = copy.deepcopy(self.model)
+        todo = {n: t for n, t in self.targets.items() if n not in dense}
+        res = prune_sites(work, todo, self.calibration, self.opts, reference=self.reference)
+        fid = measure_fidelity(self.model, work, self.evaluation, logits=self.logits)
+        return work, res, fid
+
+    def _trial(self, k: int, dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
+        work, res, fid = self._run(dense)
+        zeros = {n: int((work.get_parameter(n).detach() == 0).sum()) for n in self.names if n not in dense}
+        self.trials[k] = {"dense": k, "drift": fid.drift, "mean_cosine": fid.mean_cosine, "fidelity": fid, "zeros": zeros}
+        self.say(f"accuracy budget: {k} layer(s) dense -> drift {fid.drift:.4f}")
+        self._kept = (k, work, res)
+        return work, res, fid
+
+    def _get(self, k: int) -> dict[str, Any]:
+        if k not in self.trials:
+            self._trial(k, set(self.order[:k]))
+        return self.trials[k]
+
+    def fit(self, bound: float) -> BudgetResult:
+        """The smallest number of most sensitive layers left dense whose drift is ``<= bound``."""
+        n = len(self.order)
+        held = self._kept if self._kept is not None and self._kept[0] == 0 else None
+        if self._get(0)["drift"] <= bound:
+            k = 0
+        else:
+            lo, hi = 1, n  # the answer is in [lo, hi]; hi = every layer dense
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._get(mid)["drift"] <= bound:
+                    hi = mid
+                    if self._kept is not None and self._kept[0] == mid:
+                        held = self._kept  # the pruned copy of the smallest feasible k so far
+                else:
+                    lo = mid + 1
+            if lo >= n:
+                full = self.trials[0]
+                single = self.trials.get(n - 1)
+                figures = f"; with only {self.order[-1]} pruned the drift is {single['drift']:.4f}" if single else ""
+                raise ValidationError(
+                    f"accuracy budget max_drift {bound:g} (mean cosine >= {1 - bound:.4f}) cannot be met by pruning any "
+                    f"layer: all {n} pruned drift {full['drift']:.4f} (mean cosine {full['mean_cosine']:.4f}){figures}. "
+                    "Raise the budget, calibrate with more data, or choose a milder pattern"
+                )
+            k = lo
+        if held is None or held[0] != k:  # the pruned weights of that trial were not kept: rerun it
+            self._trial(k, set(self.order[:k]))
+            held = self._kept
+        assert held is not None
+        _, work, res = held
+        t = self.trials[k]
+        dense = self.order[:k]
+        pruned = [m for m in self.names if m not in dense]
+        layer_errs = [
+            LayerError(m, float(r["output_error"]), str(r.get("method", "")), int(r.get("rows") or 0))
+            for m, r in res.layers.items()
+            if r.get("output_error") is not None
+        ]
+        total = sum(self.numel.values())
+        return BudgetResult(
+            dense=dense,
+            max_drift=bound,
+            ranking=[(m, self.scores[m]) for m in self.order],
+            ranking_kind=self.ranking_kind,
+            sparsity=sum(t["zeros"][m] for m in pruned) / total if total else 0.0,
+            flops_on_zeros=sum(self.cost[m] * t["zeros"][m] / self.numel[m] for m in pruned) / sum(self.cost.values()),
+            fidelity=t["fidelity"].with_layers(layer_errs),
+            masks=res.masks,
+            values={m: work.get_parameter(m).detach().clone() for m in res.masks},
+            kept_magnitude=res.kept_magnitude,
+            layers=dict(res.layers),
+            trials=[{key: v for key, v in tr.items() if key in ("dense", "drift", "mean_cosine")} for _, tr in sorted(self.trials.items())],
+        )
+
+
 def fit_accuracy_budget(
     model: nn.Module,
     targets: Mapping[str, Target],
@@ -127,90 +256,20 @@ def fit_accuracy_budget(
     the weight's element count, proportional for a Linear at fixed tokens).
     """
     bound = check_budget(max_drift, min_cosine)
-    if ranking not in ("error", "single"):
-        raise ConfigError(f"ranking must be 'error' or 'single', got {ranking!r}")
-    opts = options or CalibrateOptions()
-    if not targets:
-        raise ConfigError("the accuracy budget has no layers to choose from: nothing is pruned")
-    names = list(targets)
-    numel = {n: model.get_parameter(n).numel() for n in names}
-    cost = {n: (flops or {}).get(n) or numel[n] for n in names}
-    total = sum(numel.values())
-    say = progress or (lambda _msg: None)
-
-    def trial(dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
-        work = copy.deepcopy(model)
-        res = prune_sites(work, {n: t for n, t in targets.items() if n not in dense}, calibration, opts, reference=reference)
-        fid = measure_fidelity(model, work, evaluation, logits=logits)
-        return work, res, fid
-
-    trials: list[dict[str, Any]] = []
-
-    def record(k: int, fid: FidelityReport) -> None:
-        trials.append({"dense": k, "drift": fid.drift, "mean_cosine": fid.mean_cosine})
-        say(f"accuracy budget: {k} layer(s) dense -> drift {fid.drift:.4f}")
-
-    work, res, fid = trial(set())
-    record(0, fid)
-    if ranking == "error":
-        scores = {n: float(res.layers.get(n, {}).get("output_error") or 0.0) ** 2 for n in names}
-    else:
-        scores = {}
-        for n in names:
-            _w, _r, f1 = trial(set(names) - {n})
-            scores[n] = f1.drift
-            say(f"accuracy budget: only {n} pruned -> drift {f1.drift:.5f}")
-    if per_weight:
-        scores = {n: s / (numel[n] / total) for n, s in scores.items()}
-    order = sorted(names, key=lambda n: -scores[n])
-    best: tuple[int, nn.Module, SitesResult, FidelityReport] | None = (0, work, res, fid) if fid.drift <= bound else None
-    if best is None:
-        del work
-        lo, hi = 1, len(order)  # the answer is in [lo, hi]; hi = every layer dense
-        while lo < hi:
-            mid = (lo + hi) // 2
-            w2, r2, f2 = trial(set(order[:mid]))
-            record(mid, f2)
-            if f2.drift <= bound:
-                best = (mid, w2, r2, f2)  # the smallest feasible k so far (one pruned copy kept)
-                hi = mid
-            else:
-                lo = mid + 1
-            del w2
-        if lo >= len(order):
-            least = order[-1]
-            single = next((t for t in trials if t["dense"] == len(order) - 1), None)
-            figures = f"; with only {least} pruned the drift is {single['drift']:.4f}" if single else ""
-            raise ValidationError(
-                f"accuracy budget max_drift {bound:g} (mean cosine >= {1 - bound:.4f}) cannot be met by pruning any layer: "
-                f"all {len(order)} pruned drift {fid.drift:.4f} (mean cosine {fid.mean_cosine:.4f}){figures}. "
-                "Raise the budget, calibrate with more data, or choose a milder pattern"
-            )
-    assert best is not None
-    k, bwork, bres, bfid = best
-    dense = order[:k]
-    zeros = sum(int((bwork.get_parameter(n).detach() == 0).sum()) for n in names if n not in dense)
-    on_zeros = sum(cost[n] * float((bwork.get_parameter(n).detach() == 0).float().mean()) for n in names if n not in dense)
-    layers = dict(bres.layers)
-    layer_errs = [
-        LayerError(n, float(r["output_error"]), str(r.get("method", "")), int(r.get("rows") or 0))
-        for n, r in layers.items()
-        if r.get("output_error") is not None
-    ]
-    return BudgetResult(
-        dense=dense,
-        max_drift=bound,
-        ranking=[(n, scores[n]) for n in order],
-        ranking_kind=ranking + ("/weight" if per_weight else ""),
-        sparsity=zeros / total if total else 0.0,
-        flops_on_zeros=on_zeros / sum(cost.values()) if cost else 0.0,
-        fidelity=bfid.with_layers(layer_errs),
-        masks=bres.masks,
-        kept_magnitude=bres.kept_magnitude,
-        values={n: bwork.get_parameter(n).detach().clone() for n in bres.masks},
-        layers=layers,
-        trials=trials,
+    search = BudgetSearch(
+        model,
+        targets,
+        calibration,
+        evaluation,
+        options=options,
+        ranking=ranking,
+        per_weight=per_weight,
+        flops=flops,
+        reference=reference,
+        logits=logits,
+        progress=progress,
     )
+    return search.fit(bound)
 
 
 def _skip_reason(value: str) -> Any:
