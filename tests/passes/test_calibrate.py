@@ -70,10 +70,12 @@ def batches(n: int = 6, seed: int = 1, rows: int = 48) -> list[tuple[torch.Tenso
 EXAMPLE = (torch.randn(4, 32),)
 
 
-def compile_ctx(model: nn.Module, config: CompileConfig, inputs: tuple[torch.Tensor, ...] = EXAMPLE) -> PassContext:
+def compile_ctx(
+    model: nn.Module, config: CompileConfig, inputs: tuple[torch.Tensor, ...] = EXAMPLE, method: str = "fx"
+) -> PassContext:
     """What compile's capture / find_sites / decide stages leave in the context (api.py does the same)."""
     ctx = PassContext(inputs)
-    cap = capture(model, inputs, methods=("fx",))  # compile tries torch.export first; fx finds the same sites faster
+    cap = capture(model, inputs, methods=(method,))  # type: ignore[arg-type]  # compile tries export first; fx is faster
     ctx.capture = cap
     for site in find_sites(cap).sites:
         ctx.sites[site.param] = site
@@ -179,6 +181,19 @@ def test_magnitude_method_is_compute_masks_and_fallback_for_functional_weights()
     assert "w" in rec["fallback"] and rec["layers"]["w"]["method"] == "magnitude"
     assert rec["layers"]["fc.weight"]["method"] == "sparsegpt"
     assert check_nm(get_param(work, "w"), 2, 4, axis=0).ok  # K of x @ W is axis 0
+
+
+def test_calibration_works_on_a_module_walk_capture() -> None:
+    model, data = build(), batches(4)
+    work = copy.deepcopy(model)
+    ctx = compile_ctx(work, CFG, method="walk")
+    assert ctx.capture is not None and ctx.capture.method == "walk"
+    res = calibrate(work, CFG, ctx, calibration=data)
+    assert res.report["calibrated"] == 6 and not res.report["fallback"]
+    assert "module walk" in res.report["capture_note"]
+    ref = copy.deepcopy(model)
+    prune_oneshot(ref, data)
+    assert all(torch.equal(get_param(work, n), get_param(ref, n)) for n in ctx.masks)
 
 
 def test_patterns_a_calibrated_method_cannot_compute_and_bad_batches() -> None:
