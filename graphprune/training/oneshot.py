@@ -48,6 +48,7 @@ def prune_oneshot(
     blocksize: int = 128,
     percdamp: float = 0.01,
     refit: bool | None = None,
+    search: Literal["obs", "admm"] = "admm",
     permutation: bool = False,
     permutation_time_budget_s: float = 1.0,
     forward: Callable[[nn.Module, Any], Any] = default_forward,
@@ -67,7 +68,7 @@ def prune_oneshot(
             transformer layer), ``"parent"`` (layers with the same parent module: for BERT q/k/v, then
             the attention output, then the FFN's up and down projections in turn — SparseGPT's "true
             sequential"), ``"layer"`` (each layer alone), or ``fn(module_fqn) -> group key``.
-        refit, blocksize, percdamp: see :class:`~graphprune.passes.calibrate.driver.CalibrateOptions`.
+        refit, search, blocksize, percdamp: see :class:`~graphprune.passes.calibrate.driver.CalibrateOptions`.
         permutation: for N:M, search a permutation of each weight's K axis (on the method's scores) and
             prune in permuted space; the plan records the permutation (masks are in the model's layout).
     """
@@ -92,6 +93,7 @@ def prune_oneshot(
         blocksize=blocksize,
         percdamp=percdamp,
         refit=refit,
+        search=search,
         max_batches=max_batches,
         permutation=permutation,
         permutation_time_budget_s=permutation_time_budget_s,
