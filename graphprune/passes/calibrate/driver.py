@@ -13,8 +13,12 @@ error measurement) or ``XᵀX`` (``K×K``) — never the activations themselves.
 in place, so later groups see the outputs of already pruned layers (``sequential``; SparseGPT's
 scheme). With ``early_exit`` the forward pass stops once the group's last layer has run.
 
-``refit``: after the mask is chosen, the kept weights of every row are re-solved by exact least
-squares against ``H`` (SparseGPT's greedy pass only updates columns to the right of each pruned one).
+SparseGPT, per layer (``search="admm"``, the default): SparseGPT's greedy OBS pass gives a first mask;
+ADMM on ``||(W − W') X||²`` then lets mask and weights move together (it can revisit groups the greedy
+left-to-right pass fixed early); finally the kept weights of every row are solved exactly by least
+squares against ``H`` (``refit``). ``search="obs"`` stops after SparseGPT (refitted when ``refit``).
+Before any layer is pruned, a preflight runs every batch through the model with each layer's input
+checked, so a bad batch fails (InputError naming it) before any weight changes.
 
 Per layer the plan records ``output_error`` = ``||W X − W' X||_F / ||W X||_F`` on the layer's own
 calibration inputs (from ``XᵀX``; with ``layer_errors``), ``calibration_rows`` and the method.
