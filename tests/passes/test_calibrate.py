@@ -362,3 +362,52 @@ def test_permutation_is_searched_on_the_methods_scores() -> None:
     assert group["kept_after"] > group["kept_before"]
     for name in ctx.masks:
         assert check_nm(get_param(work, name), 2, 4, axis=1).ok
+
+
+# ---- the stages api.py runs ---------------------------------------------------------------------------
+
+
+def calib_source() -> list[tuple[torch.Tensor]]:
+    return batches(6)
+
+
+def eval_source() -> list[tuple[torch.Tensor]]:
+    return batches(3, seed=9)
+
+
+def mini_compile(model: nn.Module, **kw: object) -> tuple[nn.Module, PassContext, object]:
+    """The wiring api.py gets (see the final report): prepare -> capture/decide -> mask pass -> fold -> measure."""
+    from graphprune.passes.calibrate import mask_pass, measure, prepare_sources
+
+    data = prepare_sources(EXAMPLE, **kw)  # type: ignore[arg-type]
+    work = copy.deepcopy(model)
+    ctx = compile_ctx(work, CFG)
+    name, fn = mask_pass(data, plan=kw.get("plan"))  # type: ignore[arg-type]
+    work = run_pass(name, fn, work, CFG, ctx)
+    work = run_pass("fold-masks", fold_masks, work, CFG, ctx)
+    return work, ctx, measure(model, work, data, ctx)
+
+
+def test_stages_end_to_end() -> None:
+    model = build()
+    here = "tests.passes.test_calibrate"
+    work, ctx, fid = mini_compile(model, calibration=f"{here}:calib_source", evaluation=f"{here}:eval_source")
+    assert [p.name for p in ctx.report.passes] == ["calibrate", "fold-masks"]  # sparsegpt by default with data
+    d = fid.to_dict()  # type: ignore[attr-defined]
+    assert d["source"] == "eval" and d["samples"] == 3 * 48 and len(d["layers"]) == 6 and d["notes"] == []
+    assert d["mean_cosine"] == pytest.approx(measure_fidelity(model, work, eval_source()).mean_cosine)
+    _, ctx2, fid2 = mini_compile(model)  # no data: magnitude, fidelity on the example inputs (weak)
+    assert [p.name for p in ctx2.report.passes] == ["compute-masks", "fold-masks"]
+    assert fid2.source == "example inputs" and "weak check" in fid2.notes[0]  # type: ignore[attr-defined]
+    _, _, fid3 = mini_compile(model, calibration=f"{here}:calib_source")  # held-back calibration batches
+    assert fid3.source == "calibration holdout" and fid3.batches == 1  # type: ignore[attr-defined]
+    _, _, fid4 = mini_compile(model, calibration=f"{here}:calib_source", evaluation=f"{here}:calib_source")
+    assert fid4.notes[0].startswith("warning: the evaluation data is the calibration data")  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        mini_compile(model, method="sparsegpt")
+    with pytest.raises(ConfigError, match="cannot be combined with a saved plan"):
+        mini_compile(model, plan=Plan(), max_drift=0.1)
+    with pytest.raises(ConfigError, match=r"max_drift must be a number in \(0, 1\)"):
+        mini_compile(model, calibration=f"{here}:calib_source", max_drift=1.0)
+    with pytest.raises(InputError, match="evaluation source .* gave no batches"):
+        mini_compile(model, calibration=f"{here}:calib_source", evaluation=[])
