@@ -288,8 +288,8 @@ def refit_kept(
     percdamp: float = 0.01,
     target: Tensor | None = None,
     init: Tensor | None = None,
-    tol: float = 1e-4,
-    max_iter: int = 200,
+    tol: float = 1e-3,
+    max_iter: int = 60,
 ) -> Tensor:
     """Exact least squares over the kept weights (see the module docstring); zero where ``keep`` is False.
 
