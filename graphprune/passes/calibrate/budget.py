@@ -29,6 +29,7 @@ them representative, and large enough that the choice does not fit their noise.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -160,7 +161,8 @@ class BudgetSearch:
     def _run(self, dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
         work = copy.deepcopy(self.model)
         todo = {n: t for n, t in self.targets.items() if n not in dense}
-        res = prune_sites(work, todo, self.calibration, self.opts, reference=self.reference)
+        opts = self.opts if not self.trials else dataclasses.replace(self.opts, preflight=False)  # batches checked once
+        res = prune_sites(work, todo, self.calibration, opts, reference=self.reference)
         fid = measure_fidelity(self.model, work, self.evaluation, logits=self.logits)
         return work, res, fid
 
