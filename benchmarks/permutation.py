@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graphprune.bench import machine_info
-from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_model_channels
+from graphprune.passes.permute_channels import PermuteChannelsConfig, permute_model_channels
 from graphprune.runtime.compare import compare_outputs
 from models import zoo
 

@@ -206,9 +206,8 @@ def _compile_onnx(path: Path, out: Path, config: Any, args: argparse.Namespace) 
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from graphprune.api import copy_model
+    from graphprune.api import copy_model, inspect_model
     from graphprune.inputs import load_model
-    from graphprune.inspect import inspect_model
 
     config = _config(args)
     loaded = load_model(args.model, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)

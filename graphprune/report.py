@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,22 @@ class Decision:
     zeros: int = 0
     kept_magnitude: float | None = None  # sum|W*mask| / sum|W|
     source: str | None = None  # user's source line, when the graph knows it
+    shrunk_from: tuple[int, ...] | None = None  # the weight's shape before structured pruning shrank it
+
+    @property
+    def summary(self) -> str:
+        """What happened, in a few words: the pattern, ``shrunk``, or ``skip:<reason>``."""
+        shrunk = "shrunk " + "x".join(map(str, self.shrunk_from)) + "->" + "x".join(map(str, self.shape)) if self.shrunk_from else ""
+        if self.pruned:
+            return f"{self.pattern} ({shrunk})" if shrunk else str(self.pattern)
+        if shrunk and self.reason in (None, SkipReason.NO_PATTERN):
+            return shrunk
+        return f"skip:{self.reason.value if self.reason else '?'}"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
+        d["shrunk_from"] = list(self.shrunk_from) if self.shrunk_from else None
         d["reason"] = self.reason.value if self.reason else None
         return d
 
@@ -84,7 +97,10 @@ class CompileReport:
         """Decision counts: ``pruned`` and one entry per skip reason."""
         out: dict[str, int] = {"pruned": 0}
         for d in self.decisions:
-            key = "pruned" if d.pruned else (d.reason.value if d.reason else "skipped")
+            if d.pruned or d.summary.startswith("shrunk"):
+                key = "pruned" if d.pruned else "shrunk"
+            else:
+                key = d.reason.value if d.reason else "skipped"
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -130,16 +146,16 @@ class CompileReport:
 
     def table(self, max_rows: int | None = None) -> str:
         """A per-layer text table with totals."""
-        head = f"{'layer':<52} {'op':<11} {'shape':<18} {'decision':<22} {'zeros':>7} {'kept|W|':>8} {'MFLOPs':>9}"
+        head = f"{'layer':<52} {'op':<11} {'shape':<18} {'decision':<26} {'zeros':>7} {'kept|W|':>8} {'MFLOPs':>9}"
         lines = [head, "-" * len(head)]
         rows = self.decisions if max_rows is None else self.decisions[:max_rows]
         for d in rows:
-            what = d.pattern if d.pruned else f"skip:{d.reason.value if d.reason else '?'}"
+            what = d.summary
             sp = f"{d.zeros / d.numel:.1%}" if d.numel else "-"
             km = f"{d.kept_magnitude:.3f}" if d.kept_magnitude is not None else "-"
             name = d.param if len(d.param) <= 52 else "…" + d.param[-51:]
             shape = "x".join(map(str, d.shape))
-            lines.append(f"{name:<52} {d.op:<11} {shape:<18} {what:<22} {sp:>7} {km:>8} {d.flops / 1e6:>9.2f}")
+            lines.append(f"{name:<52} {d.op:<11} {shape:<18} {what:<26} {sp:>7} {km:>8} {d.flops / 1e6:>9.2f}")
         if max_rows is not None and len(self.decisions) > max_rows:
             lines.append(f"... {len(self.decisions) - max_rows} more layers (see report.json)")
         t = self.totals()
@@ -148,7 +164,9 @@ class CompileReport:
             f"sites {t['sites']}  pruned {t['pruned_sites']}  params {t['params']:,}  zeros {t['zeros']:,} "
             f"({t['sparsity']:.1%})  FLOPs {t['flops'] / 1e6:,.1f}M (on zeros {t['flops_on_zeros'] / 1e6:,.1f}M)"
         )
-        skipped = {k: v for k, v in self.counts().items() if k != "pruned"}
+        skipped = {k: v for k, v in self.counts().items() if k not in ("pruned", "shrunk")}
+        if self.counts().get("shrunk"):
+            lines.append(f"shrunk by structured pruning (no element-wise pattern): {self.counts()['shrunk']}")
         if skipped:
             lines.append("skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
         return "\n".join(lines)
@@ -163,7 +181,8 @@ def structured_table(groups: list[dict[str, Any]], max_rows: int | None = None) 
         name = g["name"] if len(g["name"]) <= 44 else "…" + g["name"][-43:]
         units = f"{g['units_before']}->{g['units_after']}"
         chans = f"{g['channels_before']}->{g['channels_after']}"
-        note = (g.get("pattern") or "") if g["pruned"] else f"dense: {' '.join(str(x) for x in (g.get('reason'), g.get('message', '')[:80]) if x)}"
+        why = " ".join(str(x) for x in (g.get("reason"), g.get("message", "")) if x)
+        note = (g.get("pattern") or "") if g["pruned"] else "dense: " + textwrap.shorten(why, 100, placeholder=" …")
         lines.append(f"{name:<44} {g['kind']:<9} {units:>13} {chans:>15} {len(g['members']):>7}  {note}")
     if max_rows is not None and len(groups) > max_rows:
         lines.append(f"... {len(groups) - max_rows} more groups (see report.json)")

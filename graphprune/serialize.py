@@ -11,7 +11,7 @@ A pruned model is stored as two files in a folder:
 :func:`load` rebuilds the pruned architecture from the ORIGINAL constructor (``base``): it replaces
 each listed tensor by an empty one of the new shape (at every tied alias), sets the recorded module
 attributes and config fields, swaps in the module classes the delta names (only those in
-:data:`graphprune.modules.CLASSES`, e.g. ``SlimMultiheadAttention`` for an ``nn.MultiheadAttention``
+:data:`graphprune.layers.CLASSES`, e.g. ``SlimMultiheadAttention`` for an ``nn.MultiheadAttention``
 with heads removed), then loads the safetensors strictly. Nothing is unpickled or imported by name.
 
 HF models also round-trip through ``save_pretrained`` / ``from_pretrained`` where the config can
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from graphprune.errors import InputError, OutputError
-from graphprune.modules import CLASSES
+from graphprune.layers import CLASSES
 
 # module attributes that are lists, not tuples (JSON stores both as arrays)
 LIST_ATTRS = frozenset({"kept_heads"})
@@ -93,7 +93,7 @@ def apply_delta(model: nn.Module, delta: Mapping[str, Any]) -> nn.Module:
 
     Tensor values are left uninitialized (zeros): load the weights afterwards.
     """
-    from graphprune.passes.fx.remove_channels import get_tensor, replace_tensor, tensor_refs
+    from graphprune._module_tensors import get_tensor, replace_tensor, tensor_refs
 
     d = _delta_of(delta)
     refs = tensor_refs(model)
@@ -172,7 +172,7 @@ def load(path_dir: str | Path, base: nn.Module | Callable[[], nn.Module], *, str
 
 
 def _is_tied_alias(model: nn.Module, name: str) -> bool:
-    from graphprune.passes.fx.remove_channels import tensor_refs
+    from graphprune._module_tensors import tensor_refs
 
     for aliases in tensor_refs(model).values():
         names = [a[0] for a in aliases]

@@ -32,7 +32,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from graphprune._modules import eval_mode
+from graphprune._module_tensors import eval_mode
 from graphprune.analysis._labels import Blocker, HeadSplit, LabelState, Producer, node_source
 from graphprune.analysis.group_rules import RULES, apply_rule, op_name, shape_of
 from graphprune.errors import UnsupportedModelError
@@ -202,7 +202,7 @@ def _multihead_attention(model: nn.Module, groups: list[ChannelGroup]) -> list[C
     rules built from those tensors are replaced. A module whose forward is not the stock one, or that
     uses ``add_bias_kv`` / ``add_zero_attn``, gets the group with a blocker saying why.
     """
-    from graphprune.modules import SlimMultiheadAttention, unsupported_reason
+    from graphprune.layers import SlimMultiheadAttention, unsupported_reason
 
     for fqn, m in model.named_modules():
         if not isinstance(m, nn.MultiheadAttention):

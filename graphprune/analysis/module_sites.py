@@ -14,17 +14,19 @@ axis 1; transformers ``Conv1D`` ``[in, out]`` and ConvTranspose ``[in, out/g, *k
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from graphprune.analysis.k_axis import is_hf_conv1d as _is_hf_conv1d
+from graphprune.analysis.k_axis import module_k_axis
 from graphprune.errors import ConfigError
+from graphprune.selector import matches_any
 
 __all__ = ["DEFAULT_WHITELIST", "HF_CONV1D", "SiteEntry", "find_prunable_sites", "find_sites_in_graph", "module_k_axis", "unwrap"]
 
@@ -52,34 +54,6 @@ class SiteEntry:
         return getattr(self.module, self.param_name)  # type: ignore[no-any-return]
 
 
-def _is_hf_conv1d(module: nn.Module) -> bool:
-    t = type(module)
-    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
-
-
-def module_k_axis(
-    module: nn.Module, param_name: str = "weight", custom: Mapping[type, int] | None = None
-) -> int | None:
-    """The reduction axis K of ``module.<param_name>``, or None for modules we do not know.
-
-    Linear ``[out, in]`` and Conv ``[out, in/g, *k]``: 1; transformers ``Conv1D`` ``[in, out]`` and
-    ConvTranspose ``[in, out/g, *k]``: 0.
-    """
-    if param_name != "weight":
-        return None
-    if custom:
-        for t, k in custom.items():
-            if isinstance(module, t):
-                return k
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return 1
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return 0
-    if _is_hf_conv1d(module):
-        return 0
-    return None
-
-
 def _type_matches(module: nn.Module, entry: Any) -> bool:
     if isinstance(entry, type):
         return isinstance(module, entry)
@@ -89,10 +63,6 @@ def _type_matches(module: nn.Module, entry: Any) -> bool:
         t = type(module)
         return entry in (t.__name__, f"{t.__module__}.{t.__qualname__}")
     raise ConfigError(f"whitelist entries must be module types or type names, got {entry!r}")
-
-
-def _name_matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -136,9 +106,9 @@ def find_prunable_sites(
     for name, module in model.named_modules():
         if not any(_type_matches(module, w) for w in whitelist):
             continue
-        if allowed_layer_names is not None and not _name_matches(name, allowed_layer_names):
+        if allowed_layer_names is not None and not matches_any(name, allowed_layer_names):
             continue
-        if _name_matches(name, disallowed_layer_names):
+        if matches_any(name, disallowed_layer_names):
             continue
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or weight.dim() < 2 or id(weight) in seen:
@@ -182,7 +152,7 @@ def find_sites_in_graph(
     site, with K from that op (``x @ W``: axis 0). Name filters match the owning module's fqn or
     the parameter's. Weights that are tied or also read by another op are left out and logged.
     """
-    from graphprune._modules import eval_mode
+    from graphprune._module_tensors import eval_mode
     from graphprune.analysis.find_sites import find_sites
     from graphprune.capture import capture
 
@@ -195,9 +165,9 @@ def find_sites_in_graph(
     out: list[SiteEntry] = []
     for site in scan.sites:
         names = (site.module, site.param)
-        if allowed_layer_names is not None and not any(_name_matches(n, allowed_layer_names) for n in names):
+        if allowed_layer_names is not None and not any(matches_any(n, allowed_layer_names) for n in names):
             continue
-        if any(_name_matches(n, disallowed_layer_names) for n in names):
+        if any(matches_any(n, disallowed_layer_names) for n in names):
             continue
         if site.ties or site.extra.get("other_uses"):
             shared = ", ".join(site.ties) if site.ties else f"also read by {site.extra['other_uses']}"

@@ -9,9 +9,9 @@ walk, every other 2-D+ floating parameter is reported as unsupported.
 
 from __future__ import annotations
 
-import torch
 from torch import fx, nn
 
+from graphprune.analysis.k_axis import module_weight
 from graphprune.analysis.site_scan import SiteScan, _flops, _op_name, _source_line, module_of
 from graphprune.analysis.sites import Site
 
@@ -88,20 +88,9 @@ def _fx_add(
 
 
 def _module_weight_info(mod: nn.Module) -> tuple[str, str, int, int] | None:
-    """(param name, kind, K axis, groups) for whitelisted module types."""
-    cls = getattr(mod, "original_name", None) or type(mod).__name__  # TorchScript keeps the class name here
-    w = getattr(mod, "weight", None)
-    if not isinstance(w, torch.Tensor):
-        return None
-    if isinstance(mod, nn.Linear) or cls in ("Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"):
-        return "weight", "linear", 1, 1
-    if isinstance(mod, nn.modules.conv._ConvNd) or cls in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"):
-        transposed = bool(getattr(mod, "transposed", cls.startswith("ConvTranspose")))
-        groups = int(getattr(mod, "groups", 1))
-        return ("weight", "conv_transpose", 0, groups) if transposed else ("weight", "conv", 1, groups)
-    if cls == "Conv1D" and hasattr(mod, "nf"):
-        return "weight", "matmul", 0, 1
-    return None
+    """(param name, kind, K axis, groups) for the module types of :mod:`graphprune.analysis.k_axis`."""
+    row = module_weight(mod)
+    return None if row is None else ("weight", row.kind, row.k_axis, row.groups)
 
 
 def _walk_sites(model: nn.Module, ties: dict[str, tuple[str, ...]]) -> SiteScan:

@@ -8,7 +8,7 @@ import torch
 from graphprune.config import CompileConfig, Unstructured, parse_pattern
 from graphprune.errors import ConfigError
 from graphprune.passes.base import PassContext
-from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_channels, permute_model_channels
+from graphprune.passes.permute_channels import PermuteChannelsConfig, permute_channels, permute_model_channels
 from graphprune.runtime.compare import compare_outputs
 from models.zoo import build
 
@@ -127,17 +127,18 @@ def test_pass_wrapper_uses_config_pattern():
 
     model, inputs = build("mlp")
     config = CompileConfig(pattern=parse_pattern("2:4"))
-    ctx = PassContext(inputs)
+    ctx = PassContext(inputs, config=config)
     ctx.capture = capture(model, inputs)
     for site in find_sites(ctx.capture).sites:
         ctx.sites[site.param] = site
         _, pat = decide(site, config)
         if pat is not None:
             ctx.patterns[site.param] = pat
-    res = permute_channels(model, config, ctx, options=FAST)
-    assert res.modified and res.report["pattern"] == "2:4"
-    res2 = permute_channels(model, CompileConfig(pattern=(Unstructured(sparsity=0.5),)), ctx)
-    assert not res2.modified and "not N:M" in res2.report["skipped"]
+    res = permute_channels(model, FAST, ctx)
+    assert res.modified and res.report.to_dict()["pattern"] == "2:4"
+    ctx.config = CompileConfig(pattern=(Unstructured(sparsity=0.5),))
+    res2 = permute_channels(model, FAST, ctx)
+    assert not res2.modified and "not N:M" in res2.report.to_dict()["skipped"]
 
 
 def test_bad_options():

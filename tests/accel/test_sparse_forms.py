@@ -99,7 +99,7 @@ def test_layer_that_does_not_run_and_unsupported_dtype():
 def test_pass_wrapper_and_config_validation():
     model, x = _sparse_mlp()
     result = convert_sparse_forms(model, CompileConfig(), PassContext(x), options=SparseFormsConfig(measure=False))
-    assert result.modified and result.report["converted"] == 2
+    assert result.modified and result.report.to_dict()["converted"] == 2
     with pytest.raises(ConfigError, match="csr_threshold"):
         SparseFormsConfig(csr_threshold=1.5)
     with pytest.raises(ConfigError, match="csr_forms"):

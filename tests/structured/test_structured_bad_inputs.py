@@ -11,7 +11,7 @@ from graphprune.config import FFN, Channels, Heads
 from graphprune.errors import ConfigError, ValidationError, WeightError
 from graphprune.report import SkipReason
 from graphprune.structured import prune_structured
-from graphprune.structured_iterative import prune_structured_iteratively
+from graphprune.structured.iterative import prune_structured_iteratively
 from tests.structured._helpers import HardcodedHeads, grouped_net, lopsided_mlp, n_params, prune_copy, torch_parity
 
 

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from graphprune import structured as structured_mod
 from graphprune.config import FFN, Heads, Hidden, parse_pattern
 from graphprune.errors import ConfigError, ValidationError
-from graphprune.passes.fx.rescale_norms import rescale_rms_norm
 from graphprune.report import SkipReason
 from graphprune.serialize import load, save_pretrained
+from graphprune.structured import rewrite as structured_rewrite
+from graphprune.structured.rescale_norms import rescale_rms_norm
 from models import zoo
 from tests.structured._helpers import onnx_parity, prune_copy, torch_parity
 
@@ -41,7 +41,7 @@ def test_llama_lm_hidden_shrinks_exactly(tmp_path):
 
 def test_without_the_norm_rescale_the_parity_check_fails(monkeypatch):
     # the rescale is what makes hidden pruning exact; without it the verify step must refuse the result
-    monkeypatch.setattr(structured_mod, "rescale_rms_norm", lambda module, n, n_kept, name="": {})
+    monkeypatch.setattr(structured_rewrite, "rescale_rms_norm", lambda module, n, n_kept, name="": {})
     model, inputs = zoo.build("hf_llama_lm")
     with pytest.raises(ValidationError):
         prune_copy(model.eval(), inputs, [Hidden(ratio=0.25)])
@@ -104,7 +104,7 @@ def test_hidden_pattern_strings():
 
 
 def test_iterative_hidden_steps_compose_to_the_one_shot_rescale():
-    from graphprune.structured_iterative import prune_structured_iteratively
+    from graphprune.structured.iterative import prune_structured_iteratively
 
     model, inputs = zoo.build("hf_llama_lm")
     eps0 = model.config.rms_norm_eps
@@ -173,7 +173,7 @@ def test_config_without_head_dim_keeps_its_hidden_size():
     from torch import nn
     from transformers import PreTrainedConfig
 
-    from graphprune.passes.fx.remove_heads import update_hf_config
+    from graphprune.structured.remove_heads import update_hf_config
 
     holder = nn.Module()
     holder.config = PreTrainedConfig(hidden_size=64, num_attention_heads=4)

@@ -1,4 +1,4 @@
-"""Heads of nn.MultiheadAttention: removed through graphprune.modules.SlimMultiheadAttention."""
+"""Heads of nn.MultiheadAttention: removed through graphprune.layers.SlimMultiheadAttention."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from graphprune.analysis.groups import find_groups
 from graphprune.config import FFN, Heads
 from graphprune.errors import InputError
-from graphprune.modules import SlimMultiheadAttention, slim_multihead_attention
+from graphprune.layers import SlimMultiheadAttention, slim_multihead_attention
 from graphprune.report import SkipReason
 from graphprune.serialize import DELTA_FILE, load, save_pruned
 from models import zoo
@@ -126,7 +126,7 @@ def test_attention_block_heads_shrink_exports_and_round_trips(tmp_path):
     assert onnx_parity(shrunk, masked, inputs, tmp_path).ok
 
     save_pruned(shrunk, tmp_path / "saved", result.delta)
-    assert json.loads((tmp_path / "saved" / DELTA_FILE).read_text())["classes"] == {"attn": "graphprune.modules.SlimMultiheadAttention"}
+    assert json.loads((tmp_path / "saved" / DELTA_FILE).read_text())["classes"] == {"attn": "graphprune.layers.SlimMultiheadAttention"}
     rebuilt = load(tmp_path / "saved", lambda: zoo.build("attention_block")[0]).eval()
     assert isinstance(rebuilt.attn, SlimMultiheadAttention) and rebuilt.attn.kept_heads == shrunk.attn.kept_heads
     with torch.no_grad():

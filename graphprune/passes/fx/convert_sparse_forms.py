@@ -434,4 +434,4 @@ def convert_sparse_forms(
 ) -> PassResult:
     """The pass: :func:`apply_sparse_forms` on ``module`` with ``ctx.example_inputs``; mutates ``module``."""
     report = apply_sparse_forms(module, ctx.example_inputs, options)
-    return PassResult(module, modified=bool(report.converted), report=report.to_dict())
+    return PassResult(module, modified=bool(report.converted), report=report)

@@ -25,7 +25,6 @@ onnxruntime's layout optimizations ignore overrides (see :mod:`graphprune.runtim
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -54,6 +53,7 @@ from graphprune.runtime.audit import (
 from graphprune.runtime.compare import ParityStats, compare_outputs
 from graphprune.runtime.export import needs_external_data
 from graphprune.runtime.ort import random_inputs, run_onnx
+from graphprune.selector import Selector
 from graphprune.sparsity import check_finite, compute_mask, global_unstructured_masks, kept_magnitude
 
 __all__ = ["OnnxPruneResult", "prune_onnx"]
@@ -89,9 +89,8 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _matches(use: WeightUse, globs: Sequence[str]) -> bool:
-    names = [use.source, use.node] + ([use.module] if use.module else [])
-    return any(fnmatch.fnmatchcase(name, g) for g in globs for name in names)
+def _names(use: WeightUse) -> list[str]:
+    return [use.source, use.node] + ([use.module] if use.module else [])
 
 
 def _decision(use: WeightUse, **kw: Any) -> Decision:
@@ -166,9 +165,9 @@ def prune_onnx(
         use = group[0]
         arr = onnx_weight_array(use.tensor) if use.tensor is not None else np.zeros(0)
         zeros = int(arr.size - np.count_nonzero(arr))
-        if include and not _matches(use, include):
+        if not Selector(tuple(include)).selects(*_names(use)):
             decisions.append(_skip(use, SkipReason.EXCLUDED_BY_FILTER, "matches no include glob", zeros))
-        elif exclude and _matches(use, exclude):
+        elif not Selector(exclude=tuple(exclude)).selects(*_names(use)):
             decisions.append(_skip(use, SkipReason.EXCLUDED_BY_FILTER, "matches an exclude glob", zeros))
         elif len(group) > 1 or use.uses > 1:
             readers = ", ".join(u.node for u in group)

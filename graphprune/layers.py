@@ -156,7 +156,10 @@ def unsupported_reason(module: nn.MultiheadAttention) -> str | None:
     return None
 
 
-CLASSES: dict[str, type[nn.Module]] = {"graphprune.modules.SlimMultiheadAttention": SlimMultiheadAttention}
+CLASSES: dict[str, type[nn.Module]] = {
+    "graphprune.layers.SlimMultiheadAttention": SlimMultiheadAttention,
+    "graphprune.modules.SlimMultiheadAttention": SlimMultiheadAttention,  # deltas written before the rename
+}
 
 
 def class_name(cls: type) -> str:

@@ -25,7 +25,6 @@ from torch import nn
 
 from graphprune.errors import WeightError
 
-PASS_NAME = "rescale-norms"
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
 
 
@@ -57,4 +56,4 @@ def rescale_rms_norm(module: nn.Module, n: int, n_kept: int, *, name: str = "") 
     return {attr: new_eps}
 
 
-__all__ = ["EPS_ATTRS", "PASS_NAME", "rescale_rms_norm"]
+__all__ = ["EPS_ATTRS", "rescale_rms_norm"]

@@ -1,6 +1,6 @@
 """Iterative structured schedules: prune in steps (e.g. 20% → 40% → 60% of the original size).
 
-Each step re-analyses the (already shrunk) model and calls :func:`graphprune.structured.prune_structured`
+Each step re-analyses the (already shrunk) model and calls :func:`graphprune.structured.prune.prune_structured`
 with ``base_units`` set to the ORIGINAL unit counts, so every ratio is a fraction of the original
 size. Between steps a user callback may retrain; a deep copy of the model after each step is kept as
 a snapshot (CAP uses these as contrastive targets).
@@ -17,8 +17,11 @@ from typing import Any
 from torch import nn
 
 from graphprune.analysis.groups import find_groups
+from graphprune.config import StructuredPattern
 from graphprune.errors import ConfigError
-from graphprune.structured import StructuredPattern, StructuredResult, group_key, prune_structured
+from graphprune.structured.plan import group_key
+from graphprune.structured.prune import prune_structured
+from graphprune.structured.records import StructuredResult
 
 
 @dataclass

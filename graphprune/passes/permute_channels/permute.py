@@ -38,156 +38,34 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from graphprune.config import CompileConfig, SemiStructured
-from graphprune.errors import ConfigError
-from graphprune.passes.base import PassContext, PassResult
-from graphprune.passes.fx._permute_search import (
+from graphprune._module_tensors import get_tensor
+from graphprune.config import SemiStructured
+from graphprune.passes.base import PassContext, PassResult, register_pass
+from graphprune.passes.permute_channels.records import (
+    GroupPermutation,
+    LayerEfficacy,
+    PermutationReport,
+    PermuteChannelsConfig,
+)
+from graphprune.passes.permute_channels.search import (
     Move,
     _apply,
     _forward,
     _kept,
     _search_channels,
     _search_heads,
-    _tensor,
     _why_not,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "GroupPermutation",
-    "LayerEfficacy",
-    "PermutationReport",
-    "PermuteChannelsConfig",
-    "permute_channels",
-    "permute_model_channels",
-]
-
-
-@dataclass(frozen=True, kw_only=True)
-class PermuteChannelsConfig:
-    """``time_budget_s``: search time per channel group (per KV group inside attention heads: each
-    head's search is its own); ``total_budget_s``: search time for the whole model (None: no cap;
-    groups left when it is spent stay unpermuted, with that reason)."""
-
-    n: int = 2
-    m: int = 4
-    time_budget_s: float = 2.0
-    total_budget_s: float | None = None
-    seed: int = 0
-    verify: bool = True
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("n", "m"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"PermuteChannelsConfig.{name} must be an int, got {v!r}")
-        if not 0 < self.n < self.m:
-            raise ConfigError(f"PermuteChannelsConfig: N:M {self.n}:{self.m} is invalid, need 0 < N < M")
-        for name in ("time_budget_s", "total_budget_s"):
-            v = getattr(self, name)
-            if v is None and name == "total_budget_s":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ConfigError(f"PermuteChannelsConfig.{name} must be a number of seconds >= 0, got {v!r}")
-
-
-@dataclass
-class LayerEfficacy:
-    """Magnitude kept by one layer's N:M mask without and with the permutation."""
-
-    param: str
-    shape: tuple[int, ...]
-    k_axis: int
-    kept_before: float
-    kept_after: float
-    total: float  # sum |W| (weights the overall figure)
-    group: int | None = None
-    permuted: bool = False
-    reason: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
-
-@dataclass
-class GroupPermutation:
-    group: int
-    name: str
-    kind: str
-    channels: int
-    consumers: list[str]
-    members: int
-    permuted: bool
-    reason: str = ""
-    seconds: float = 0.0
-    iterations: int = 0
-    kept_before: float = 0.0  # over the stacked consumers
-    kept_after: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class PermutationReport:
-    n: int
-    m: int
-    layers: list[LayerEfficacy] = field(default_factory=list)
-    groups: list[GroupPermutation] = field(default_factory=list)
-    seconds: float = 0.0
-    search_seconds: float = 0.0
-    verified: dict[str, Any] | None = None
-
-    def overall(self, *, permuted_only: bool = False) -> tuple[float, float]:
-        """(kept before, kept after) over all N:M layers, weighted by each layer's ``sum |W|``."""
-        rows = [lay for lay in self.layers if lay.permuted or not permuted_only]
-        tot = sum(lay.total for lay in rows)
-        if tot == 0:
-            return 1.0, 1.0
-        return (sum(lay.kept_before * lay.total for lay in rows) / tot, sum(lay.kept_after * lay.total for lay in rows) / tot)
-
-    @property
-    def permuted_groups(self) -> list[GroupPermutation]:
-        return [g for g in self.groups if g.permuted]
-
-    def to_dict(self) -> dict[str, Any]:
-        before, after = self.overall()
-        pb, pa = self.overall(permuted_only=True)
-        return {
-            "pattern": f"{self.n}:{self.m}",
-            "overall": {"kept_before": before, "kept_after": after, "permuted_kept_before": pb, "permuted_kept_after": pa},
-            "seconds": self.seconds,
-            "search_seconds": self.search_seconds,
-            "verified": self.verified,
-            "groups": [g.to_dict() for g in self.groups],
-            "layers": [lay.to_dict() for lay in self.layers],
-        }
-
-    def table(self) -> str:
-        head = f"{'layer':<52} {'kept before':>11} {'kept after':>10} {'gain':>7}  note"
-        lines = [head, "-" * len(head)]
-        for lay in self.layers:
-            name = lay.param if len(lay.param) <= 52 else "…" + lay.param[-51:]
-            gain = lay.kept_after - lay.kept_before
-            note = "permuted" if lay.permuted else lay.reason
-            lines.append(f"{name:<52} {lay.kept_before:>11.4f} {lay.kept_after:>10.4f} {gain:>+7.4f}  {note}")
-        before, after = self.overall()
-        lines.append("-" * len(head))
-        lines.append(
-            f"overall {self.n}:{self.m} kept magnitude {before:.4f} -> {after:.4f} ({after - before:+.4f}); "
-            f"{len(self.permuted_groups)}/{len(self.groups)} groups permuted; search {self.search_seconds:.1f}s, total {self.seconds:.1f}s"
-        )
-        return "\n".join(lines)
+__all__ = ["permute_channels", "permute_for_patterns", "permute_model_channels"]
 
 
 def permute_model_channels(
@@ -205,7 +83,8 @@ def permute_model_channels(
     ``targets``: parameter fqns that will get N:M masks (default: every prunable site whose K is a
     multiple of M). ``k_axes``: parameter fqn -> K axis (default: from ``find_sites``).
     ``exported``: an ``ExportedProgram`` of ``model`` to reuse. ``scores``: param fqn -> importance of the
-    weight's elements (its shape) to search on instead of ``|W|`` — a calibrated method's own scores. Returns per-layer and per-group
+    weight's elements (its shape) to search on instead of ``|W|`` (a calibrated method's own scores).
+    Returns per-layer and per-group
     records (see the module docstring for what is permuted and why not).
     """
     from graphprune.analysis.groups import export_for_analysis, find_groups
@@ -230,7 +109,7 @@ def permute_model_channels(
     for name in wanted:
         if name not in axes:
             continue
-        w = _tensor(model, name).detach()
+        w = get_tensor(model, name).detach()
         ax = axes[name]
         if w.shape[ax] % m:
             continue  # N:M skips it (k_not_divisible): nothing to permute for
@@ -300,34 +179,35 @@ def permute_model_channels(
             lay.permuted = rec.permuted
             if rec.permuted:
                 lay.reason = ""
-                lay.kept_after = _kept(_tensor(model, c).detach(), n, m, lay.k_axis)
+                lay.kept_after = _kept(get_tensor(model, c).detach(), n, m, lay.k_axis)
             elif rec.reason:
                 lay.reason = rec.reason
     report.seconds = time.perf_counter() - t_start
     return report
 
 
-def permute_channels(
-    module: nn.Module,
-    config: CompileConfig,
-    ctx: PassContext,
-    *,
-    options: PermuteChannelsConfig | None = None,
-    scores: Mapping[str, torch.Tensor] | None = None,
-) -> PassResult:
-    """The pass: permute for the N:M pattern of ``config`` the sites ``ctx.patterns`` prunes N:M.
+@register_pass("permute-channels", mutates=("weights",), options=PermuteChannelsConfig)
+def permute_channels(module: nn.Module, options: PermuteChannelsConfig, ctx: PassContext) -> PassResult:
+    """Permute coupled channels so the N:M masks of ``ctx.patterns`` keep more magnitude (dense function unchanged).
 
     ``options`` gives the budget and seed; its ``n``/``m`` are replaced by the config's pattern.
     A config without an N:M pattern leaves the module untouched."""
-    pattern = config.element_pattern
+    report = permute_for_patterns(module, options, ctx)
+    return PassResult(module, modified=bool(report.permuted_groups), report=report)
+
+
+def permute_for_patterns(
+    module: nn.Module, options: PermuteChannelsConfig, ctx: PassContext, *, scores: Mapping[str, torch.Tensor] | None = None
+) -> PermutationReport:
+    """What the pass does, with optional ``scores`` (param -> importance of each weight element) searched on
+    instead of ``|W|``: the calibrate pass permutes on its method's own scores this way."""
+    pattern = ctx.config.element_pattern
     if not isinstance(pattern, SemiStructured):
-        return PassResult(module, modified=False, report={"skipped": f"pattern {pattern} is not N:M: nothing to permute for"})
-    base = options or PermuteChannelsConfig(progress=ctx.progress)
-    opts = PermuteChannelsConfig(**{**asdict(base), "n": pattern.n, "m": pattern.m})
+        return PermutationReport(n=0, m=0, skipped=f"pattern {pattern} is not N:M: nothing to permute for")
+    opts = PermuteChannelsConfig(**{**asdict(options), "n": pattern.n, "m": pattern.m})
     targets = [p for p, pat in ctx.patterns.items() if isinstance(pat, SemiStructured) and (pat.n, pat.m) == (pattern.n, pattern.m)]
     k_axes = {p: s.k_axis for p, s in ctx.sites.items()} or None
     exported = ctx.capture.exported if ctx.capture is not None and ctx.capture.method == "export" else None
-    report = permute_model_channels(
+    return permute_model_channels(
         module, ctx.example_inputs, opts, targets=targets, k_axes=k_axes, exported=exported, scores=scores
     )
-    return PassResult(module, modified=bool(report.permuted_groups), report=report.to_dict())

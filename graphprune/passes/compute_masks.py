@@ -1,4 +1,4 @@
-"""compute_masks: one boolean keep-mask per pruned site (no rewrite; fills ``ctx.masks``).
+"""Pass ``compute-masks``: one boolean keep-mask per pruned site, by magnitude (no rewrite; fills ``ctx.masks``).
 
 Pre: ``ctx.patterns`` names the pruned sites and their patterns. Post: ``ctx.masks[param]`` is a
 bool tensor of the weight's shape (True = keep); each Decision gets ``zeros`` and
@@ -8,18 +8,34 @@ with ``scope="global"`` share one magnitude threshold across all their sites.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from graphprune import sparsity
-from graphprune._modules import get_param
-from graphprune.config import CompileConfig, Unstructured
-from graphprune.passes.base import PassContext, PassResult
+from graphprune._module_tensors import get_tensor
+from graphprune.config import Unstructured
+from graphprune.passes.base import PassContext, PassResult, register_pass
+
+__all__ = ["MasksReport", "compute_masks"]
 
 
-def compute_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> PassResult:
-    weights = {name: get_param(module, name).detach() for name in ctx.patterns}
+@dataclass(frozen=True)
+class MasksReport:
+    masks: int
+    zeros: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"masks": self.masks, "zeros": self.zeros}
+
+
+@register_pass("compute-masks")
+def compute_masks(module: nn.Module, options: None, ctx: PassContext) -> PassResult:
+    """Compute a keep-mask for every pruned site from its weight's magnitude and pattern."""
+    weights = {name: get_tensor(module, name).detach() for name in ctx.patterns}
     for name, w in weights.items():
         sparsity.check_finite(w, f"{name} (layer {ctx.sites[name].module})")
     global_sites = [n for n, p in ctx.patterns.items() if isinstance(p, Unstructured) and p.scope == "global"]
@@ -36,4 +52,5 @@ def compute_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) ->
         d = ctx.decisions[name]
         d.zeros = int((~mask).sum()) + int(((weights[name] == 0) & mask).sum())
         d.kept_magnitude = sparsity.kept_magnitude(weights[name], mask)
-    return PassResult(module, modified=False, report={"masks": len(ctx.masks)})
+    zeros = sum(ctx.decisions[n].zeros for n in ctx.masks)
+    return PassResult(module, modified=False, report=MasksReport(len(ctx.masks), zeros))

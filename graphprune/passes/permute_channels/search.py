@@ -3,7 +3,7 @@ much magnitude an N:M mask keeps, and the moves that apply or undo a permutation
 
 A *move* ``(tensor fqn, axis, offset, order)`` reorders the range ``[offset, offset + len(order))``
 of one tensor axis; every member range of a group gets the same unit permutation, so the dense
-function is unchanged (see :mod:`graphprune.passes.fx.permute_channels` for the maths and for which
+function is unchanged (see :mod:`graphprune.passes.permute_channels.permute` for the maths and for which
 groups are searched). ``_search_channels`` / ``_search_heads`` read the weights and fill the group's
 record; only ``_apply`` writes to the model.
 """
@@ -11,26 +11,13 @@ record; only ``_apply`` writes to the model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from graphprune._modules import eval_mode
-
-if TYPE_CHECKING:
-    from graphprune.passes.fx.permute_channels import GroupPermutation, PermuteChannelsConfig
-
-
-
-def _tensor(model: nn.Module, target: str) -> Tensor:
-    mod_name, _, attr = target.rpartition(".")
-    mod = model.get_submodule(mod_name) if mod_name else model
-    t = getattr(mod, attr)
-    if not isinstance(t, Tensor):
-        raise AttributeError(f"{target} is not a tensor")
-    return t
-
+from graphprune._module_tensors import eval_mode, get_tensor
+from graphprune.passes.permute_channels.records import GroupPermutation, PermuteChannelsConfig
 
 
 def _kept(w: Tensor, n: int, m: int, axis: int) -> float:
@@ -63,7 +50,7 @@ def _unit_moves(members: Iterable[Any], perm: Tensor) -> list[Move]:
 def _apply(model: nn.Module, moves: list[Move], *, undo: bool = False) -> None:
     with torch.no_grad():
         for target, axis, offset, order in moves:
-            t = _tensor(model, target)
+            t = get_tensor(model, target)
             idx = (torch.argsort(order) if undo else order).to(t.device) + offset
             t.narrow(axis, offset, order.numel()).copy_(t.index_select(axis, idx))
 
@@ -105,7 +92,7 @@ def _consumer_columns(model: nn.Module, c: Any, scores: Mapping[str, Tensor] | N
     """The consumer's |W| columns of the group, or its ``scores`` (e.g. a calibrated method's |W|·||x||)."""
     from graphprune.sparsity._common import as_rows_by_k
 
-    t = scores[c.target] if scores is not None and c.target in scores else _tensor(model, c.target).detach()
+    t = scores[c.target] if scores is not None and c.target in scores else get_tensor(model, c.target).detach()
     return as_rows_by_k(t.abs().float(), c.axis)[:, c.offset : c.offset + c.size]
 
 

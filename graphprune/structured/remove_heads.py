@@ -27,8 +27,6 @@ from torch import nn
 
 from graphprune.errors import WeightError
 
-PASS_NAME = "remove-heads"
-
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_attn_heads")
 KV_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size")
@@ -139,4 +137,4 @@ def update_hf_config(
     return changed, notes
 
 
-__all__ = ["PASS_NAME", "update_attention_attrs", "update_hf_config"]
+__all__ = ["update_attention_attrs", "update_hf_config"]

@@ -1,5 +1,6 @@
-"""Importance of the units of coupled channel groups, gathered from the model (weights, gradients,
-activations) and reduced with the pure maths of :mod:`graphprune.sparsity.structured`.
+"""Step 2 of structured pruning, *score*: the importance of every unit of each candidate group, gathered
+from the model (weights, gradients, activations) and reduced with the pure maths of
+:mod:`graphprune.sparsity.structured`.
 
 Read-only on the model except for gradients (cleared afterwards, ``requires_grad`` restored).
 """
@@ -7,12 +8,13 @@ Read-only on the model except for gradients (cleared afterwards, ``requires_grad
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from graphprune._module_tensors import inference
 from graphprune.analysis.groups import ChannelGroup
 from graphprune.errors import WeightError
 from graphprune.sparsity import structured as S
@@ -148,4 +150,28 @@ def group_importance(
     return S.combine_scores(per_tensor)
 
 
-__all__ = ["accumulate_activations", "accumulate_taylor", "batches", "group_importance", "proxy_loss"]
+def score_groups(
+    model: nn.Module,
+    candidates: Sequence[tuple[ChannelGroup, Any]],
+    example_inputs: tuple[Any, ...],
+    calibration: Iterable[tuple[Any, ...]] | None = None,
+    *,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """group id -> per-unit importance, by each candidate pattern's ``importance`` method.
+
+    Gradients (``taylor``) and activations (``activation``) are gathered once, over ``calibration``
+    (the example inputs when None), for the groups that ask for them.
+    """
+    taylor = activations = None
+    methods = {p.importance for _, p in candidates}
+    if "taylor" in methods:
+        taylor = accumulate_taylor(model, batches(calibration, example_inputs), progress=progress)
+    if "activation" in methods:
+        mods = {m.target.rpartition(".")[0] for g, p in candidates if p.importance == "activation" for m in g.producer_members}
+        with inference(model):
+            activations = accumulate_activations(model, mods, batches(calibration, example_inputs), progress=progress)
+    return {g.id: group_importance(model, g, p.importance, taylor=taylor, activations=activations) for g, p in candidates}
+
+
+__all__ = ["accumulate_activations", "accumulate_taylor", "batches", "group_importance", "proxy_loss", "score_groups"]

@@ -27,57 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-PASS_NAME = "remove-channels"
+from graphprune._module_tensors import get_tensor, replace_tensor, tensor_refs
 
 
 @dataclass
 class RemoveChannelsReport:
     tensors: dict[str, list[int]] = field(default_factory=dict)  # fqn -> new shape
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # module fqn -> {attr: new value}
-
-
-def tensor_refs(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str, str]]]:
-    """id(tensor) -> [(fqn, owning module, attr name, "parameter"|"buffer")] including tied aliases."""
-    refs: dict[int, list[tuple[str, nn.Module, str, str]]] = defaultdict(list)
-    for mname, mod in model.named_modules(remove_duplicate=False):
-        for pname, p in mod._parameters.items():
-            if p is not None:
-                refs[id(p)].append((f"{mname}.{pname}" if mname else pname, mod, pname, "parameter"))
-        for bname, b in mod._buffers.items():
-            if b is not None:
-                refs[id(b)].append((f"{mname}.{bname}" if mname else bname, mod, bname, "buffer"))
-    return refs
-
-
-def get_tensor(model: nn.Module, fqn: str) -> torch.Tensor:
-    mod_name, _, attr = fqn.rpartition(".")
-    mod = model.get_submodule(mod_name) if mod_name else model
-    t: torch.Tensor | None = mod._parameters.get(attr)
-    if t is None:
-        t = mod._buffers.get(attr)
-    if t is None:
-        raise KeyError(f"{fqn} is neither a parameter nor a buffer of the model")
-    return t
-
-
-def replace_tensor(model: nn.Module, fqn: str, new: torch.Tensor, refs: Mapping[int, list[tuple[str, nn.Module, str, str]]] | None = None) -> None:
-    """Replace the tensor at ``fqn`` and at every alias of the same object."""
-    old = get_tensor(model, fqn)
-    refs = refs if refs is not None else tensor_refs(model)
-    aliases = refs.get(id(old)) or [(fqn, *_owner(model, fqn))]
-    if isinstance(old, nn.Parameter):
-        new = nn.Parameter(new, requires_grad=old.requires_grad)
-    for _, mod, attr, kind in aliases:
-        if kind == "parameter":
-            mod._parameters[attr] = new  # type: ignore[assignment]
-        else:
-            mod._buffers[attr] = new
-
-
-def _owner(model: nn.Module, fqn: str) -> tuple[nn.Module, str, str]:
-    mod_name, _, attr = fqn.rpartition(".")
-    mod = model.get_submodule(mod_name) if mod_name else model
-    return mod, attr, "parameter" if attr in mod._parameters else "buffer"
 
 
 def remove_channels(model: nn.Module, keep: Mapping[tuple[str, int], torch.Tensor]) -> RemoveChannelsReport:
@@ -154,4 +110,4 @@ def fix_module_attrs(mod: nn.Module, old: Mapping[str, Any]) -> dict[str, Any]:
     return changed
 
 
-__all__ = ["PASS_NAME", "RemoveChannelsReport", "fix_module_attrs", "get_tensor", "remove_channels", "replace_tensor", "tensor_refs"]
+__all__ = ["RemoveChannelsReport", "fix_module_attrs", "remove_channels"]

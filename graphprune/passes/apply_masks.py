@@ -1,4 +1,4 @@
-"""apply_masks: rewrite pruned weights into the *masked* form.
+"""Pass ``apply-masks``: rewrite pruned weights into the *masked* form.
 
 Each pruned parameter gets a parametrization ``weight = original * mask`` (``mask`` a registered
 buffer, so it lives in the state_dict). The module stays trainable and the gradient of every
@@ -13,13 +13,17 @@ parametrization with the zeros baked in. TorchScript modules cannot be parametri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from graphprune.config import CompileConfig
 from graphprune.errors import UnsupportedModelError
-from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.base import PassContext, PassResult, register_pass
+
+__all__ = ["ApplyMasksReport", "WeightMask", "apply_masks", "owners"]
 
 
 class WeightMask(nn.Module):
@@ -45,7 +49,17 @@ def owners(module: nn.Module, param: str) -> list[tuple[nn.Module, str]]:
     return out
 
 
-def apply_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> PassResult:
+@dataclass(frozen=True)
+class ApplyMasksReport:
+    parametrized: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parametrized": self.parametrized}
+
+
+@register_pass("apply-masks", mutates=("structure",))
+def apply_masks(module: nn.Module, options: None, ctx: PassContext) -> PassResult:
+    """Parametrize every pruned weight as ``original * mask`` (trainable; pruned gradients are zero)."""
     if isinstance(module, torch.jit.ScriptModule):
         raise UnsupportedModelError(
             "TorchScript models cannot carry mask parametrizations; use form='folded' (the default)"
@@ -55,4 +69,4 @@ def apply_masks(module: nn.Module, config: CompileConfig, ctx: PassContext) -> P
         for sub, pname in owners(module, name):
             parametrize.register_parametrization(sub, pname, WeightMask(mask), unsafe=True)
             count += 1
-    return PassResult(module, modified=count > 0, report={"parametrized": count})
+    return PassResult(module, modified=count > 0, report=ApplyMasksReport(count))
