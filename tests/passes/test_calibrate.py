@@ -9,26 +9,25 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune._modules import get_param
+import graphprune.passes.all  # noqa: F401  (registers every pass)
+from graphprune._module_tensors import get_tensor as get_param
 from graphprune.analysis.decide import decide
 from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
 from graphprune.config import CompileConfig, SemiStructured, Unstructured
 from graphprune.errors import ConfigError, InputError, ValidationError
-from graphprune.passes.base import PassContext, run_pass
+from graphprune.passes.base import PassContext, run_pass, run_stages, stage
 from graphprune.passes.calibrate import (
+    BudgetOptions,
     CalibrateOptions,
-    apply_plan,
-    calibrate,
+    CalibrateStage,
+    CompileData,
+    PlanOptions,
     choose_method,
     fit_accuracy_budget,
     layer_errors,
+    targets_of,
 )
-from graphprune.passes.calibrate.budget import accuracy_budget
-from graphprune.passes.calibrate.calibrate import targets_of
-from graphprune.passes.fx.apply_masks import apply_masks
-from graphprune.passes.fx.compute_masks import compute_masks
-from graphprune.passes.fx.fold_masks import fold_masks
 from graphprune.plan import Plan
 from graphprune.runtime.fidelity import measure_fidelity
 from graphprune.sparsity.calibrated import reconstruction_error
@@ -74,7 +73,7 @@ def compile_ctx(
     model: nn.Module, config: CompileConfig, inputs: tuple[torch.Tensor, ...] = EXAMPLE, method: str = "fx"
 ) -> PassContext:
     """What compile's capture / find_sites / decide stages leave in the context (api.py does the same)."""
-    ctx = PassContext(inputs)
+    ctx = PassContext(inputs, config=config)
     cap = capture(model, inputs, methods=(method,))  # type: ignore[arg-type]  # compile tries export first; fx is faster
     ctx.capture = cap
     for site in find_sites(cap).sites:
@@ -87,10 +86,20 @@ def compile_ctx(
     return ctx
 
 
-def run_calibrate(model: nn.Module, config: CompileConfig, opts: CalibrateOptions, data: list) -> tuple[nn.Module, PassContext]:
+def with_data(ctx: PassContext, calibration: list, evaluation: list | None = None) -> PassContext:
+    """What the calibration-data stage leaves for the later stages."""
+    ctx.artifacts["calibration"] = CompileData("sparsegpt", calibration, evaluation or [], "eval")
+    return ctx
+
+
+def run_calibrate(
+    model: nn.Module, config: CompileConfig, opts: CalibrateOptions, data: list, permute: object = None
+) -> tuple[nn.Module, PassContext]:
     work = copy.deepcopy(model)
-    ctx = compile_ctx(work, config)
-    work = run_pass("calibrate", lambda m, c, x: calibrate(m, c, x, calibration=data, options=opts), work, config, ctx)
+    ctx = with_data(compile_ctx(work, config), data)
+    name = "compute-masks" if opts.method == "magnitude" else "calibrate"
+    st = stage(name) if name == "compute-masks" else stage(name, CalibrateStage(options=opts, permute=permute))  # type: ignore[arg-type]
+    work = run_pass(st, work, ctx)
     return work, ctx
 
 
@@ -126,9 +135,9 @@ def test_later_passes_run_unchanged_and_layer_error_is_exact() -> None:
     work, ctx = run_calibrate(model, config, CalibrateOptions(), data)
     x = EXAMPLE[0]
     calibrated_out = work(x)
-    masked = run_pass("apply-masks", apply_masks, copy.deepcopy(work), config, ctx)
-    folded = run_pass("fold-masks", fold_masks, copy.deepcopy(work), config, ctx)
+    masked = run_pass(stage("apply-masks"), copy.deepcopy(work), ctx)
     torch.testing.assert_close(masked(x), calibrated_out, rtol=0, atol=0)
+    folded = run_pass(stage("fold-masks"), masked, ctx)  # checks masked == folded itself
     torch.testing.assert_close(folded(x), calibrated_out, rtol=0, atol=0)
     for name in ctx.masks:
         assert check_nm(get_param(folded, name), 2, 4, axis=1).ok
@@ -147,8 +156,7 @@ def test_calibrated_beats_magnitude_on_held_out_fidelity() -> None:
     model, data, held = build(), batches(8), batches(4, seed=7)  # 384 calibration rows > K = 128
     mag = copy.deepcopy(model)
     ctx = compile_ctx(mag, CFG)
-    run_pass("compute-masks", compute_masks, mag, CFG, ctx)
-    run_pass("fold-masks", fold_masks, mag, CFG, ctx)
+    run_stages([stage("compute-masks"), stage("fold-masks")], mag, ctx)
     sgpt, _ = run_calibrate(model, CFG, CalibrateOptions(), data)
     f_mag = measure_fidelity(model, mag, held)
     f_sgpt = measure_fidelity(model, sgpt, held)
@@ -156,13 +164,12 @@ def test_calibrated_beats_magnitude_on_held_out_fidelity() -> None:
     assert f_sgpt.mean_cosine > f_mag.mean_cosine
 
 
-def test_magnitude_method_is_compute_masks_and_fallback_for_functional_weights() -> None:
+def test_fallback_for_functional_weights_and_no_magnitude_in_calibrate() -> None:
     model = build()
-    work, ctx = run_calibrate(model, CFG, CalibrateOptions(method="magnitude"), [])
-    plain = copy.deepcopy(model)
-    ctx2 = compile_ctx(plain, CFG)
-    compute_masks(plain, CFG, ctx2)
-    assert all(torch.equal(ctx.masks[n], ctx2.masks[n]) for n in ctx2.masks)
+    with pytest.raises(ConfigError, match="method 'magnitude' is the compute-masks stage"):
+        run_pass(stage("calibrate", CalibrateStage(options=CalibrateOptions(method="magnitude"))), model, compile_ctx(model, CFG))
+    with pytest.raises(ConfigError, match="calibrated masks need calibration data"):
+        run_pass(stage("calibrate", CalibrateStage()), model, compile_ctx(model, CFG))
 
     class Functional(nn.Module):
         def __init__(self) -> None:
@@ -188,9 +195,10 @@ def test_calibration_works_on_a_module_walk_capture() -> None:
     work = copy.deepcopy(model)
     ctx = compile_ctx(work, CFG, method="walk")
     assert ctx.capture is not None and ctx.capture.method == "walk"
-    res = calibrate(work, CFG, ctx, calibration=data)
-    assert res.report["calibrated"] == 6 and not res.report["fallback"]
-    assert "module walk" in res.report["capture_note"]
+    run_pass(stage("calibrate", CalibrateStage()), work, with_data(ctx, data))
+    rec = ctx.report.passes[-1].details
+    assert rec["calibrated"] == 6 and not rec["fallback"]
+    assert "module walk" in rec["notes"][0]
     ref = copy.deepcopy(model)
     prune_oneshot(ref, data)
     assert all(torch.equal(get_param(work, n), get_param(ref, n)) for n in ctx.masks)
@@ -239,13 +247,13 @@ def test_plan_round_trip_training_to_compile(tmp_path: Path) -> None:
     loaded = Plan.load(tmp_path / "plan")
     work = copy.deepcopy(model)
     ctx = compile_ctx(work, CFG)
-    work = run_pass("apply-plan", lambda m, c, x: apply_plan(m, c, x, plan=loaded), work, CFG, ctx)
+    work = run_pass(stage("apply-plan", PlanOptions(loaded)), work, ctx)
     for name, site in plan.sites.items():
         assert torch.equal(ctx.masks[name], site.mask)
         assert torch.equal(get_param(work, name), get_param(trained, name))  # SparseGPT values applied
         assert ctx.patterns[name] == SemiStructured()
         assert ctx.decisions[name].pruned and "from plan" in ctx.decisions[name].message
-    folded = fold_masks(copy.deepcopy(work), CFG, ctx).module
+    folded = run_pass(stage("fold-masks"), copy.deepcopy(work), ctx)
     torch.testing.assert_close(folded(EXAMPLE[0]), trained(EXAMPLE[0]), rtol=0, atol=0)
 
 
@@ -253,16 +261,19 @@ def test_plan_for_another_model_names_the_layer() -> None:
     model = build()
     plan = Plan.from_masks({"blocks.5.0.weight": torch.ones(128, 64, dtype=torch.bool)})
     ctx = compile_ctx(model, CFG)
+    def apply(p: Plan) -> None:
+        run_pass(stage("apply-plan", PlanOptions(p)), model, ctx)
+
     with pytest.raises(InputError, match=r"the model lacks: blocks\.5\.0\.weight"):
-        apply_plan(model, CFG, ctx, plan=plan)
+        apply(plan)
     wrong = Plan.from_masks({"inp.weight": torch.ones(64, 16, dtype=torch.bool)})
     with pytest.raises(InputError, match=r"inp\.weight \(plan \(64, 16\), model \(64, 32\)\)"):
-        apply_plan(model, CFG, ctx, plan=wrong)
+        apply(wrong)
     axis = Plan.from_masks({"inp.weight": torch.ones(64, 32, dtype=torch.bool)}, k_axes={"inp.weight": 0})
     with pytest.raises(InputError, match=r"inp\.weight \(plan K axis 0, compile's 1\)"):
-        apply_plan(model, CFG, ctx, plan=axis)
+        apply(axis)
     with pytest.raises(InputError, match="no sites"):
-        apply_plan(model, CFG, ctx, plan=Plan())
+        apply(Plan())
 
 
 def test_plan_with_a_permutation_is_audited_as_unstructured() -> None:
@@ -270,10 +281,10 @@ def test_plan_with_a_permutation_is_audited_as_unstructured() -> None:
     trained = copy.deepcopy(model)
     plan = prune_oneshot(trained, batches(2), method="wanda", permutation=True, permutation_time_budget_s=0.05)
     ctx = compile_ctx(model, CFG)
-    res = apply_plan(model, CFG, ctx, plan=plan)
+    run_pass(stage("apply-plan", PlanOptions(plan)), model, ctx)
     permuted = [s.param for s in plan.sites.values() if s.perm is not None]
     assert permuted and all(isinstance(ctx.patterns[p], Unstructured) for p in permuted)
-    assert len(res.report["notes"]) == len(permuted)
+    assert len(ctx.report.passes[-1].details["notes"]) == len(permuted)
 
 
 # ---- accuracy budget -------------------------------------------------------------------------------------
@@ -327,8 +338,8 @@ def test_budget_pass_and_bad_budgets() -> None:
     work = copy.deepcopy(model)
     ctx = compile_ctx(work, CFG)
     full = fit_accuracy_budget(model, targets_of(ctx), data, held, max_drift=0.9).fidelity.drift
-    res = accuracy_budget(work, CFG, ctx, calibration=data, evaluation=held, max_drift=full / 3)
-    dense = res.report["dense"]
+    run_pass(stage("accuracy-budget", BudgetOptions(max_drift=full / 3)), work, with_data(ctx, data, held))
+    dense = ctx.report.passes[-1].details["dense"]
     assert dense and all(n not in ctx.patterns and n not in ctx.masks for n in dense)
     assert all("accuracy budget" in ctx.decisions[n].message and not ctx.decisions[n].pruned for n in dense)
     assert measure_fidelity(model, work, held).drift <= full / 3
@@ -337,22 +348,22 @@ def test_budget_pass_and_bad_budgets() -> None:
             fit_accuracy_budget(model, targets_of(ctx), data, held, max_drift=bad)
     with pytest.raises(ConfigError, match="exactly one accuracy budget"):
         fit_accuracy_budget(model, targets_of(ctx), data, held)
+    with pytest.raises(ConfigError, match=r"max_drift must be a number in \(0, 1\)"):
+        BudgetOptions(max_drift=2.0)
 
 
 @torch.no_grad()
 def test_permutation_is_searched_on_the_methods_scores() -> None:
-    from graphprune.passes.fx._permute_search import _kept
-    from graphprune.passes.fx.permute_channels import PermuteChannelsConfig
+    from graphprune.passes.permute_channels import PermuteChannelsConfig
+    from graphprune.passes.permute_channels.search import _kept
 
     model, data = build(), batches(4)
     work = copy.deepcopy(model)
     ctx = compile_ctx(work, CFG)
     rows = torch.cat([b[0] for b in data])
     hidden = torch.nn.functional.gelu(model.blocks[0][0](model.inp(rows)))  # the inputs of blocks.0.2
-    res = calibrate(
-        work, CFG, ctx, calibration=data, permute=PermuteChannelsConfig(time_budget_s=0.2), options=CalibrateOptions()
-    )
-    perm = res.report["permute"]
+    run_pass(stage("calibrate", CalibrateStage(permute=PermuteChannelsConfig(time_budget_s=0.2))), work, with_data(ctx, data))
+    perm = ctx.report.passes[-1].details["permute"]
     group = next(g for g in perm["groups"] if g["consumers"] == ["blocks.0.2.weight"])
     assert group["permuted"]
     # the search ran on |W|·||x||, not on |W|: its "before" figure is the N:M-kept share of those scores
@@ -376,28 +387,33 @@ def eval_source() -> list[tuple[torch.Tensor]]:
 
 
 def mini_compile(model: nn.Module, **kw: object) -> tuple[nn.Module, PassContext, object]:
-    """The wiring api.py gets (see the final report): prepare -> capture/decide -> mask pass -> fold -> measure."""
-    from graphprune.passes.calibrate import mask_pass, measure, prepare_sources
+    """The stage list api.compile gets (see the final report), up to fidelity: data -> copy -> capture ->
+    find -> decide -> masks -> apply -> fold -> fidelity."""
+    from graphprune.passes.calibrate import data_stage, fidelity_stage, mask_stage
 
-    data = prepare_sources(EXAMPLE, **kw)  # type: ignore[arg-type]
-    work = copy.deepcopy(model)
-    ctx = compile_ctx(work, CFG)
-    name, fn = mask_pass(data, plan=kw.get("plan"))  # type: ignore[arg-type]
-    work = run_pass(name, fn, work, CFG, ctx)
-    work = run_pass("fold-masks", fold_masks, work, CFG, ctx)
-    return work, ctx, measure(model, work, data, ctx)
+    plan = kw.pop("plan", None)
+    method = kw.pop("method", None)
+    stages = [data_stage(**kw, method=method, plan=plan)]  # type: ignore[arg-type]
+    stages += [stage("copy"), stage("capture"), stage("find"), stage("decide")]
+    budget = {k: kw[k] for k in ("max_drift", "min_cosine") if k in kw}
+    stages.append(mask_stage(method, has_calibration=kw.get("calibration") is not None, plan=plan, **budget))  # type: ignore[arg-type]
+    stages += [stage("apply-masks"), stage("fold-masks"), fidelity_stage()]
+    ctx = PassContext(EXAMPLE, config=CFG)
+    work = run_stages(stages, model, ctx)
+    return work, ctx, ctx.artifacts["fidelity"]
 
 
 def test_stages_end_to_end() -> None:
     model = build()
     here = "tests.passes.test_calibrate"
     work, ctx, fid = mini_compile(model, calibration=f"{here}:calib_source", evaluation=f"{here}:eval_source")
-    assert [p.name for p in ctx.report.passes] == ["calibrate", "fold-masks"]  # sparsegpt by default with data
+    names = [p.name for p in ctx.report.passes]
+    assert names == ["calibration-data", "copy", "capture", "find", "decide", "calibrate", "apply-masks", "fold-masks", "fidelity"]
     d = fid.to_dict()  # type: ignore[attr-defined]
     assert d["source"] == "eval" and d["samples"] == 3 * 48 and len(d["layers"]) == 6 and d["notes"] == []
     assert d["mean_cosine"] == pytest.approx(measure_fidelity(model, work, eval_source()).mean_cosine)
     _, ctx2, fid2 = mini_compile(model)  # no data: magnitude, fidelity on the example inputs (weak)
-    assert [p.name for p in ctx2.report.passes] == ["compute-masks", "fold-masks"]
+    assert "compute-masks" in [p.name for p in ctx2.report.passes]  # no data: magnitude
     assert fid2.source == "example inputs" and "weak check" in fid2.notes[0]  # type: ignore[attr-defined]
     _, _, fid3 = mini_compile(model, calibration=f"{here}:calib_source")  # held-back calibration batches
     assert fid3.source == "calibration holdout" and fid3.batches == 1  # type: ignore[attr-defined]
@@ -407,6 +423,8 @@ def test_stages_end_to_end() -> None:
         mini_compile(model, method="sparsegpt")
     with pytest.raises(ConfigError, match="cannot be combined with a saved plan"):
         mini_compile(model, plan=Plan(), max_drift=0.1)
+    _, ctx5, fid5 = mini_compile(model, calibration=f"{here}:calib_source", evaluation=f"{here}:eval_source", max_drift=0.5)
+    assert "accuracy-budget" in [p.name for p in ctx5.report.passes] and fid5.drift <= 0.5  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"max_drift must be a number in \(0, 1\)"):
         mini_compile(model, calibration=f"{here}:calib_source", max_drift=1.0)
     with pytest.raises(InputError, match="evaluation source .* gave no batches"):

@@ -17,20 +17,39 @@ and the report notes it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from graphprune import sparsity
-from graphprune._modules import get_param
-from graphprune.config import CompileConfig, ElementPattern, SemiStructured, Unstructured
+from graphprune._module_tensors import get_tensor
+from graphprune.config import ElementPattern, SemiStructured, Unstructured
 from graphprune.errors import InputError
-from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.base import PassContext, PassResult, register_pass
 from graphprune.plan import Plan
 from graphprune.report import Decision
 
-__all__ = ["apply_plan", "check_plan"]
+__all__ = ["PlanOptions", "PlanReport", "apply_plan", "check_plan"]
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Options of the ``apply-plan`` pass: the plan (``Plan.load(folder)``; CLI ``--plan FOLDER``)."""
+
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    sites: int
+    with_values: int
+    meta: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sites": self.sites, "with_values": self.with_values, "meta": self.meta, "notes": list(self.notes)}
 
 
 def check_plan(plan: Plan, module: nn.Module, ctx: PassContext | None = None) -> None:
@@ -64,8 +83,10 @@ def _pattern_of(mask: torch.Tensor, k_axis: int, wanted: ElementPattern | None) 
     return Unstructured(sparsity=min(1.0 - float(mask.float().mean()), 0.999999))
 
 
-def apply_plan(module: nn.Module, config: CompileConfig, ctx: PassContext, *, plan: Plan) -> PassResult:
-    """The pass (see the module docstring)."""
+@register_pass("apply-plan", mutates=("weights",), options=PlanOptions)
+def apply_plan(module: nn.Module, options: PlanOptions, ctx: PassContext) -> PassResult:
+    """Apply a saved training-side plan (masks and SparseGPT values) instead of computing masks."""
+    plan = options.plan
     check_plan(plan, module, ctx)
     notes: list[str] = []
     planned = set(plan.sites)
@@ -77,7 +98,7 @@ def apply_plan(module: nn.Module, config: CompileConfig, ctx: PassContext, *, pl
             d.message = f"layer {d.module} ({name}) is not in the plan: left dense"
     with torch.no_grad():
         for s in plan.sites.values():
-            w = get_param(module, s.param)
+            w = get_tensor(module, s.param)
             dense_abs = float(w.detach().abs().sum(dtype=torch.float64))
             kept = float((w.detach().abs() * s.mask.to(w.device)).sum(dtype=torch.float64))
             if s.values is not None:
@@ -85,7 +106,7 @@ def apply_plan(module: nn.Module, config: CompileConfig, ctx: PassContext, *, pl
             mask = s.mask.to(w.device)
             w.mul_(mask.to(w.dtype))
             ctx.masks[s.param] = mask
-            pattern = _pattern_of(s.mask, s.k_axis, ctx.patterns.get(s.param) or config.element_pattern)
+            pattern = _pattern_of(s.mask, s.k_axis, ctx.patterns.get(s.param) or ctx.config.element_pattern)
             if s.perm is not None:
                 notes.append(f"{s.param}: the plan's N:M holds in a permuted K order compile does not fold; audited as unstructured")
                 pattern = Unstructured(sparsity=min(s.sparsity, 0.999999))
@@ -112,10 +133,10 @@ def apply_plan(module: nn.Module, config: CompileConfig, ctx: PassContext, *, pl
             d.message = f"from plan ({s.pattern or 'no pattern name'})"
             d.zeros = int((w == 0).sum())
             d.kept_magnitude = kept / dense_abs if dense_abs > 0 else 1.0
-    report: dict[str, Any] = {
-        "sites": len(plan.sites),
-        "with_values": sum(s.values is not None for s in plan.sites.values()),
-        "meta": plan.meta,
-        "notes": notes,
-    }
+    report = PlanReport(
+        sites=len(plan.sites),
+        with_values=sum(s.values is not None for s in plan.sites.values()),
+        meta=dict(plan.meta),
+        notes=tuple(notes),
+    )
     return PassResult(module, modified=True, report=report)

@@ -34,19 +34,30 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from graphprune.config import CompileConfig
+from graphprune._module_tensors import get_tensor
 from graphprune.errors import ConfigError, ValidationError
-from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.base import PassContext, PassResult, register_pass
 from graphprune.passes.calibrate.calibrate import SitesResult, Target, check_calibratable, prune_sites, targets_of
 from graphprune.passes.calibrate.driver import CalibrateOptions
-from graphprune.runtime.fidelity import FidelityReport, LayerError, measure_fidelity
 
-__all__ = ["ACCURACY_BUDGET", "BudgetResult", "BudgetSearch", "accuracy_budget", "check_budget", "fit_accuracy_budget"]
+if TYPE_CHECKING:  # runtime/ imports onnx on first use; `import graphprune` stays light
+    from graphprune.runtime.fidelity import FidelityReport
+
+__all__ = [
+    "ACCURACY_BUDGET",
+    "BudgetOptions",
+    "BudgetReport",
+    "BudgetResult",
+    "BudgetSearch",
+    "accuracy_budget",
+    "check_budget",
+    "fit_accuracy_budget",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +149,7 @@ class BudgetSearch:
         self.reference, self.logits = reference, logits
         self.say = progress or (lambda _msg: None)
         self.names = list(targets)
-        self.numel = {n: model.get_parameter(n).numel() for n in self.names}
+        self.numel = {n: get_tensor(model, n).numel() for n in self.names}
         self.cost = {n: (flops or {}).get(n) or self.numel[n] for n in self.names}
         self.trials: dict[int, dict[str, Any]] = {}
         self.ranking_kind = ranking + ("/weight" if per_weight else "")
@@ -159,6 +170,8 @@ class BudgetSearch:
         self.order = sorted(self.names, key=lambda n: -scores[n])
 
     def _run(self, dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
+        from graphprune.runtime.fidelity import measure_fidelity
+
         work = copy.deepcopy(self.model)
         todo = {n: t for n, t in self.targets.items() if n not in dense}
         opts = self.opts if not self.trials else dataclasses.replace(self.opts, preflight=False)  # batches checked once
@@ -168,7 +181,7 @@ class BudgetSearch:
 
     def _trial(self, k: int, dense: set[str]) -> tuple[nn.Module, SitesResult, FidelityReport]:
         work, res, fid = self._run(dense)
-        zeros = {n: int((work.get_parameter(n).detach() == 0).sum()) for n in self.names if n not in dense}
+        zeros = {n: int((get_tensor(work, n).detach() == 0).sum()) for n in self.names if n not in dense}
         self.trials[k] = {"dense": k, "drift": fid.drift, "mean_cosine": fid.mean_cosine, "fidelity": fid, "zeros": zeros}
         self.say(f"accuracy budget: {k} layer(s) dense -> drift {fid.drift:.4f}")
         self._kept = (k, work, res)
@@ -181,6 +194,8 @@ class BudgetSearch:
 
     def fit(self, bound: float) -> BudgetResult:
         """The smallest number of most sensitive layers left dense whose drift is ``<= bound``."""
+        from graphprune.runtime.fidelity import LayerError
+
         n = len(self.order)
         held = self._kept if self._kept is not None and self._kept[0] == 0 else None
         if self._get(0)["drift"] <= bound:
@@ -228,7 +243,7 @@ class BudgetSearch:
             flops_on_zeros=sum(self.cost[m] * t["zeros"][m] / self.numel[m] for m in pruned) / sum(self.cost.values()),
             fidelity=t["fidelity"].with_layers(layer_errs),
             masks=res.masks,
-            values={m: work.get_parameter(m).detach().clone() for m in res.masks},
+            values={m: get_tensor(work, m).detach().clone() for m in res.masks},
             kept_magnitude=res.kept_magnitude,
             layers=dict(res.layers),
             trials=[{key: v for key, v in tr.items() if key in ("dense", "drift", "mean_cosine")} for _, tr in sorted(self.trials.items())],
@@ -283,24 +298,54 @@ def _skip_reason(value: str) -> Any:
         return None
 
 
-def accuracy_budget(
-    module: nn.Module,
-    config: CompileConfig,
-    ctx: PassContext,
-    *,
-    calibration: Sequence[Any],
-    evaluation: Sequence[Any],
-    options: CalibrateOptions | None = None,
-    max_drift: float | None = None,
-    min_cosine: float | None = None,
-    ranking: Literal["error", "single"] = "error",
-) -> PassResult:
-    """Pass ``accuracy-budget`` (runs instead of ``calibrate``): :func:`fit_accuracy_budget` on the working
-    module, then the chosen masks (and SparseGPT values) are written into it and ``ctx.masks``; the layers
-    left dense leave ``ctx.patterns`` and their decisions say why (reason ``accuracy_budget``)."""
-    opts = options or CalibrateOptions()
-    check_budget(max_drift, min_cosine)
+@dataclass(frozen=True, kw_only=True)
+class BudgetOptions:
+    """Options of the ``accuracy-budget`` pass: the bound (``max_drift`` or ``min_cosine``), the calibration
+    options of every trial, and the sensitivity ranking."""
+
+    max_drift: float | None = None
+    min_cosine: float | None = None
+    options: CalibrateOptions = field(default_factory=CalibrateOptions)
+    ranking: Literal["error", "single"] = "error"
+
+    def __post_init__(self) -> None:
+        check_budget(self.max_drift, self.min_cosine)
+        if self.ranking not in ("error", "single"):
+            raise ConfigError(f"BudgetOptions.ranking must be 'error' or 'single', got {self.ranking!r}")
+
+    @property
+    def bound(self) -> float:
+        return check_budget(self.max_drift, self.min_cosine)
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    result: BudgetResult
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.result.to_dict()
+        d["layers"] = self.result.layers
+        return d
+
+
+@register_pass("accuracy-budget", mutates=("weights",), options=BudgetOptions)
+def accuracy_budget(module: nn.Module, options: BudgetOptions, ctx: PassContext) -> PassResult:
+    """Leave the most sensitive layers dense until fidelity to the dense model meets the budget (runs
+    instead of ``calibrate`` / ``compute-masks``).
+
+    :func:`fit_accuracy_budget` on the working module (still dense here; every trial prunes a copy), then
+    the chosen masks (and SparseGPT values) are written into it and ``ctx.masks``; the layers left dense
+    leave ``ctx.patterns`` and their decisions say why (reason ``accuracy_budget``). Calibration and
+    evaluation batches come from ``ctx.artifacts["calibration"]`` (the ``calibration-data`` stage);
+    magnitude trials need only the evaluation batches.
+    """
+    from graphprune.passes.calibrate.calibrate import calibration_batches
+
+    opts = options.options
     check_calibratable(dict(ctx.patterns), opts.method)
+    data = ctx.artifacts.get("calibration")
+    evaluation = list(getattr(data, "evaluation", None) or [tuple(ctx.example_inputs)])
+    calibration = calibration_batches(ctx) if opts.method != "magnitude" else []
     flops = {n: ctx.sites[n].flops for n in ctx.patterns if ctx.sites[n].flops}
     result = fit_accuracy_budget(
         module,
@@ -308,9 +353,9 @@ def accuracy_budget(
         calibration,
         evaluation,
         options=opts,
-        max_drift=max_drift,
-        min_cosine=min_cosine,
-        ranking=ranking,
+        max_drift=options.max_drift,
+        min_cosine=options.min_cosine,
+        ranking=options.ranking,
         flops=flops or None,
         reference=ctx.example_inputs,
     )
@@ -326,12 +371,11 @@ def accuracy_budget(
         )
     with torch.no_grad():
         for n, mask in result.masks.items():
-            w = module.get_parameter(n)
+            w = get_tensor(module, n)
             w.copy_(result.values[n].to(w.device))
             ctx.masks[n] = mask
             d = ctx.decisions[n]
             d.zeros = int((w == 0).sum())
             d.kept_magnitude = result.kept_magnitude.get(n)
-    report = result.to_dict()
-    report["layers"] = result.layers
-    return PassResult(module, modified=bool(result.masks), report=report)
+    ctx.artifacts["budget_fidelity"] = result.fidelity
+    return PassResult(module, modified=bool(result.masks), report=BudgetReport(result))

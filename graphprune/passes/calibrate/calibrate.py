@@ -1,8 +1,9 @@
 """Pass ``calibrate``: masks from calibration data (Wanda / SparseGPT) for the sites compile prunes.
 
 IR: the working ``nn.Module`` (the pipeline's copy). Pre: ``ctx.patterns`` (param fqn -> element
-pattern, decided by compile) and ``ctx.sites`` (owning module, K axis); calibration batches of
-positional inputs shaped like ``ctx.example_inputs``. Post: ``ctx.masks[param]`` is a bool keep-mask of
+pattern, decided by compile) and ``ctx.sites`` (owning module, K axis); the calibration batches
+(positional inputs shaped like ``ctx.example_inputs``) in ``ctx.artifacts["calibration"]``, left there by
+the ``calibration-data`` stage (:mod:`.data`). Post: ``ctx.masks[param]`` is a bool keep-mask of
 the weight's shape for every entry of ``ctx.patterns``; with SparseGPT (or ``refit``) the kept weights
 are updated in place on the working module (the OBS / least-squares correction), and every pruned
 weight is zero. Later passes (apply / fold masks, export, audit, parity) run unchanged: they read
@@ -16,35 +17,41 @@ cannot calibrate (its weight is read by a functional op or ``nn.MultiheadAttenti
 is a graph without those modules —, or the calibration batches never reach it) still gets the pattern
 compile decided, by magnitude; the report says which and why.
 
-Report: ``method``, ``batches``, ``rows``, ``fallback`` (sites masked by magnitude, with reasons) and
-``layers`` (param -> method, output error ``||W X - W' X|| / ||W X||`` on its calibration inputs,
-calibration rows). ``layer_errors(report)`` turns them into :class:`~graphprune.runtime.fidelity.LayerError`.
+Report (:class:`CalibrateReport`): ``method``, ``batches``, ``rows``, ``fallback`` (sites masked by
+magnitude, with reasons) and ``layers`` (param -> method, output error ``||W X - W' X|| / ||W X||`` on
+its calibration inputs, calibration rows). :func:`layer_errors` turns the record into
+:class:`~graphprune.runtime.fidelity.LayerError` rows for the fidelity report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from graphprune import sparsity
-from graphprune._modules import get_param
+from graphprune._module_tensors import get_tensor
 from graphprune.analysis.module_sites import SiteEntry
-from graphprune.config import CompileConfig, ElementPattern, SemiStructured, Unstructured
+from graphprune.config import ElementPattern, SemiStructured, Unstructured
 from graphprune.errors import ConfigError
-from graphprune.passes.base import PassContext, PassResult
+from graphprune.passes.base import PassContext, PassResult, register_pass
 from graphprune.passes.calibrate.batches import materialize
 from graphprune.passes.calibrate.driver import METHODS, CalibrateOptions, prune_layers, weight_scores
-from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_channels
-from graphprune.runtime.fidelity import LayerError
+from graphprune.passes.permute_channels import PermuteChannelsConfig, permute_for_patterns
+
+if TYPE_CHECKING:  # runtime/ imports onnx on first use; `import graphprune` stays light
+    from graphprune.runtime.fidelity import LayerError
 
 __all__ = [
+    "CalibrateReport",
+    "CalibrateStage",
     "SitesResult",
     "Target",
     "calibrate",
+    "calibration_batches",
     "check_calibratable",
     "choose_method",
     "layer_errors",
@@ -138,7 +145,7 @@ def prune_sites(
     """
     out = SitesResult()
     for name, t in targets.items():
-        sparsity.check_finite(get_param(module, name).detach(), f"{name} (layer {t.module})")
+        sparsity.check_finite(get_tensor(module, name).detach(), f"{name} (layer {t.module})")
     entries: list[SiteEntry] = []
     for name, t in targets.items():
         e, why = _entry(module, name, t)
@@ -158,7 +165,7 @@ def prune_sites(
     for sk in plan.skipped:
         out.fallback[sk["param"]] = f"{sk['reason']}: {sk['message']}"
     for name, site in plan.sites.items():
-        out.masks[name] = site.mask.to(get_param(module, name).device)
+        out.masks[name] = site.mask.to(get_tensor(module, name).device)
         out.kept_magnitude[name] = float(site.extra.get("kept_magnitude", 1.0))
         out.layers[name] = {
             "method": options.method,
@@ -166,7 +173,7 @@ def prune_sites(
             "rows": site.extra.get("calibration_rows", 0),
         }
     for name, why in out.fallback.items():
-        w = get_param(module, name).detach()
+        w = get_tensor(module, name).detach()
         mask = sparsity.compute_mask(w, targets[name].pattern, axis=targets[name].k_axis)
         out.masks[name] = mask
         out.kept_magnitude[name] = sparsity.kept_magnitude(w, mask)
@@ -176,69 +183,102 @@ def prune_sites(
     return out
 
 
-def calibrate(
-    module: nn.Module,
-    config: CompileConfig,
-    ctx: PassContext,
-    *,
-    calibration: Sequence[Any],
-    options: CalibrateOptions | None = None,
-    permute: PermuteChannelsConfig | None = None,
-) -> PassResult:
-    """The pass (see the module docstring). ``calibration``: batches of positional inputs.
+@dataclass(frozen=True, kw_only=True)
+class CalibrateStage:
+    """Options of the ``calibrate`` pass: the driver's :class:`CalibrateOptions` and, for ``--permute``,
+    the permutation to run first on the method's own scores (compile then skips its permute stage)."""
 
-    ``permute``: first permute coupled channels (compile's ``permute-channels`` pass, folded into the
-    producers, exact) searched on the method's own scores ``|W|·||x||`` rather than ``|W|``; compile then
-    skips its own permute stage. Its report is this pass's ``permute`` entry.
-    """
-    opts = options or CalibrateOptions()
-    if opts.method == "magnitude":  # no calibration: compile's own magnitude masks
-        from graphprune.passes.fx.compute_masks import compute_masks
+    options: CalibrateOptions = field(default_factory=CalibrateOptions)
+    permute: PermuteChannelsConfig | None = None
 
-        plain = compute_masks(module, config, ctx)
-        return PassResult(plain.module, plain.modified, {**plain.report, "method": "magnitude"})
+
+@dataclass(frozen=True)
+class CalibrateReport:
+    method: str
+    options: dict[str, Any]
+    batches: int
+    rows: int
+    calibrated: int
+    fallback: dict[str, str]
+    layers: dict[str, dict[str, Any]]
+    permute: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "options": self.options,
+            "batches": self.batches,
+            "rows": self.rows,
+            "calibrated": self.calibrated,
+            "fallback": self.fallback,
+            "layers": self.layers,
+            "permute": self.permute,
+            "notes": list(self.notes),
+        }
+
+
+def calibration_batches(ctx: PassContext) -> list[Any]:
+    """The calibration batches the ``calibration-data`` stage left in ``ctx.artifacts``."""
+    data = ctx.artifacts.get("calibration")
+    if data is None or getattr(data, "calibration", None) is None:
+        raise ConfigError(
+            "calibrated masks need calibration data: give --calib SOURCE (API: calibration=batches); the "
+            "'calibration-data' stage must run before 'calibrate'"
+        )
+    return list(data.calibration)
+
+
+@register_pass("calibrate", mutates=("weights",), options=CalibrateStage)
+def calibrate(module: nn.Module, options: CalibrateStage, ctx: PassContext) -> PassResult:
+    """Compute masks from calibration data (Wanda / SparseGPT) and update the kept weights in place."""
+    opts = options.options
+    if opts.method == "magnitude":
+        raise ConfigError("the calibrate stage runs Wanda or SparseGPT; method 'magnitude' is the compute-masks stage")
     check_calibratable(dict(ctx.patterns), opts.method)
-    batches = materialize(calibration, opts.max_batches, reference=ctx.example_inputs)
+    batches = materialize(calibration_batches(ctx), opts.max_batches, reference=ctx.example_inputs)
     permuted: dict[str, Any] | None = None
-    if permute is not None and isinstance(config.element_pattern, SemiStructured):
+    if options.permute is not None and isinstance(ctx.config.element_pattern, SemiStructured):
         entries = [e for e in (_entry(module, n, t)[0] for n, t in targets_of(ctx).items()) if e is not None]
         scores = weight_scores(module, entries, batches)
-        permuted = permute_channels(module, config, ctx, options=permute, scores=scores).report
+        permuted = permute_for_patterns(module, options.permute, ctx, scores=scores).to_dict()
     res = prune_sites(module, targets_of(ctx), batches, opts, reference=ctx.example_inputs)
     for name, mask in res.masks.items():
         ctx.masks[name] = mask
         d = ctx.decisions[name]
         d.kept_magnitude = res.kept_magnitude[name]
-        d.zeros = int((get_param(module, name).detach() == 0).sum())
+        d.zeros = int((get_tensor(module, name).detach() == 0).sum())
     rows = sum(int(v["rows"] or 0) for v in res.layers.values())
     calibrated = len(res.layers) - len(res.fallback)
-    report: dict[str, Any] = {
-        "method": opts.method,
-        "options": opts.to_dict(),
-        "batches": len(batches),
-        "rows": rows,
-        "calibrated": calibrated,
-        "fallback": res.fallback,
-        "layers": res.layers,
-    }
-    if permuted is not None:
-        report["permute"] = permuted
+    notes: list[str] = []
     if ctx.capture is not None and ctx.capture.method == "walk":
-        report["capture_note"] = (
+        notes.append(
             "the capture was the module walk (no graph): calibration still runs, through forward hooks on "
             "Linear / Conv1d / Conv2d / transformers Conv1D modules; other weights are masked by magnitude"
         )
     if res.fallback and not calibrated:
-        report["note"] = (
+        notes.append(
             f"no layer could be calibrated ({len(res.fallback)} masked by magnitude): calibration hooks need the "
             "weights to live in torch.nn Linear / Conv1d / Conv2d or transformers Conv1D modules — a model loaded "
             "from .pt2 or TorchScript has none; compile the Python model (a package.module:factory) instead"
         )
-    return PassResult(module, modified=bool(res.masks), report=report)
+    report = CalibrateReport(
+        method=opts.method,
+        options=opts.to_dict(),
+        batches=len(batches),
+        rows=rows,
+        calibrated=calibrated,
+        fallback=res.fallback,
+        layers=res.layers,
+        permute=permuted,
+        notes=tuple(notes),
+    )
+    return PassResult(module, modified=bool(res.masks) or permuted is not None, report=report)
 
 
 def layer_errors(report: dict[str, Any]) -> list[LayerError]:
     """The per-layer output errors of a ``calibrate`` pass report, for :class:`FidelityReport.layers`."""
+    from graphprune.runtime.fidelity import LayerError
     out = []
     for name, rec in report.get("layers", {}).items():
         if rec.get("output_error") is not None:
