@@ -1,10 +1,11 @@
 """Quality of what ``graphprune compile`` ships: the real MiniLM (all-MiniLM-L6-v2) at 2:4, calibrated.
 
-The pipeline is compile's own stages on ``models.zoo:minilm`` — capture (torch.export), find sites,
-decide (all 37 Linear layers, pooler included, 2:4 along K), then either ``compute_masks``
-(magnitude) or the ``calibrate`` pass (``--calib models.zoo:minilm_calib``: 640 real sentences of the
-calib split, batched by token count), then ``fold_masks``: the folded module is what compile exports
-(ONNX parity is a separate, unchanged check). No permutation of any kind. Evaluation: 200 sentences of
+The pipeline is compile's own stage list on ``models.zoo:minilm`` — calibration-data, copy, capture
+(torch.export), find, decide (all 37 Linear layers, pooler included, 2:4 along K), the masks stage
+(``compute-masks`` for magnitude, else ``calibrate`` with ``--calib models.zoo:minilm_calib``: 640 real
+sentences of the calib split, batched by token count), apply-masks + fold-masks, fidelity: the folded
+module is what compile exports (export, audit and ONNX parity are separate, unchanged checks). No
+permutation unless a variant asks for compile's own (folded, exact) one. Evaluation: 200 sentences of
 the eval split (``models.zoo:minilm_eval``), disjoint from every calibration sentence:
 
 - ``emb cos``: cosine of the mean-pooled sentence embeddings to the dense model's (the sentence-
@@ -24,7 +25,6 @@ permutation folded into the producers, exact; searched on |W|) with that search 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -38,18 +38,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for models/
 
-from graphprune._modules import get_param
-from graphprune.analysis.decide import decide
-from graphprune.analysis.find_sites import find_sites
-from graphprune.capture import capture
+import graphprune.passes.all  # noqa: F401  (registers every pass)
+from graphprune._module_tensors import get_tensor
 from graphprune.config import CompileConfig, SemiStructured
-from graphprune.passes.base import PassContext, run_pass
-from graphprune.passes.calibrate import CalibrateOptions, calibrate, layer_errors
+from graphprune.passes.base import PassContext, run_stages, stage
+from graphprune.passes.calibrate import CalibrateOptions, data_stage, fidelity_stage, mask_stage, targets_of
 from graphprune.passes.calibrate.budget import BudgetSearch
-from graphprune.passes.calibrate.calibrate import targets_of
-from graphprune.passes.fx.compute_masks import compute_masks
-from graphprune.passes.fx.fold_masks import fold_masks
-from graphprune.runtime.fidelity import measure_fidelity
+from graphprune.passes.permute_channels import PermuteChannelsConfig
 from graphprune.sparsity.metrics import check_nm
 from models import zoo
 
@@ -57,17 +52,9 @@ CONFIG = CompileConfig(pattern=(SemiStructured(),))
 
 
 def stages(model: torch.nn.Module, inputs: tuple[Any, ...]) -> PassContext:
-    """compile's capture / find_sites / decide stages (api.py)."""
-    ctx = PassContext(inputs)
-    cap = capture(model, inputs)
-    ctx.capture = cap
-    for site in find_sites(cap).sites:
-        site.extra.setdefault("not_floating", not get_param(model, site.param).is_floating_point())
-        ctx.sites[site.param] = site
-        d, p = decide(site, CONFIG)
-        ctx.decisions[site.param] = d
-        if p is not None:
-            ctx.patterns[site.param] = p
+    """compile's copy / capture / find / decide stages, on a context of their own."""
+    ctx = PassContext(inputs, config=CONFIG)
+    run_stages([stage("copy"), stage("capture"), stage("find"), stage("decide")], model, ctx)
     return ctx
 
 
@@ -81,37 +68,32 @@ def embeddings(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.T
     return torch.cat([mean_pool(model(ids, mask).last_hidden_state, mask) for ids, mask in batches])
 
 
-def run_variant(dense: torch.nn.Module, inputs: tuple[Any, ...], calib: list, evalb: list, spec: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
-    work = copy.deepcopy(dense)
-    ctx = stages(work, inputs)
+def run_variant(
+    dense: torch.nn.Module, inputs: tuple[Any, ...], calib: list, evalb: list, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """compile's stage list for one variant, up to fidelity (export, audit and parity do not change the numbers)."""
     spec = dict(spec)
-    permute = spec.pop("permute", False)  # compile's permute pass first (folded into producers; exact)
-    permute_scores = spec.pop("permute_scores", False)  # the same, searched on the method's scores
+    permute = spec.pop("permute", False)  # compile's permute-channels stage first (|W| scores)
+    permute_scores = spec.pop("permute_scores", False)  # the same permutation, searched on the method's scores
     opts = CalibrateOptions(**spec)
-    t0 = time.perf_counter()
+    method = opts.method
+    ctx = PassContext(inputs, config=CONFIG)
+    plan = [data_stage(calib if method != "magnitude" else None, evalb, method=method)]
+    plan += [stage("copy"), stage("capture"), stage("find"), stage("decide")]
     if permute:
-        from graphprune.passes.fx.permute_channels import PermuteChannelsConfig, permute_channels
-
-        popts = PermuteChannelsConfig(time_budget_s=float(permute))
-        work = run_pass("permute-channels", lambda m, c, x: permute_channels(m, c, x, options=popts), work, CONFIG, ctx)
-    if opts.method == "magnitude":
-        work = run_pass("compute-masks", compute_masks, work, CONFIG, ctx)
-    else:
-        from graphprune.passes.fx.permute_channels import PermuteChannelsConfig
-
-        pc = PermuteChannelsConfig(time_budget_s=float(permute_scores)) if permute_scores else None
-        work = run_pass(
-            "calibrate", lambda m, c, x: calibrate(m, c, x, calibration=calib, options=opts, permute=pc), work, CONFIG, ctx
-        )
-    seconds = time.perf_counter() - t0
-    work = run_pass("fold-masks", fold_masks, work, CONFIG, ctx)
-    exact = all(check_nm(get_param(work, n).detach(), 2, 4, axis=ctx.sites[n].k_axis).ok for n in ctx.patterns)
-    rec = next(p for p in ctx.report.passes if p.name in ("calibrate", "compute-masks"))
-    fid = measure_fidelity(dense, work, evalb).with_layers(layer_errors(rec.details))
+        plan.append(stage("permute-channels", PermuteChannelsConfig(time_budget_s=float(permute)), label="permute"))
+    pc = PermuteChannelsConfig(time_budget_s=float(permute_scores)) if permute_scores else None
+    plan.append(mask_stage(method, has_calibration=method != "magnitude", options=opts, permute=pc))
+    plan += [stage("apply-masks", label="rewrite"), stage("fold-masks", label="rewrite"), fidelity_stage()]
+    t0 = time.perf_counter()
+    work = run_stages(plan, dense, ctx)
+    seconds = ctx.report.timings.get("masks", 0.0) + ctx.report.timings.get("permute", 0.0)
+    exact = all(check_nm(get_tensor(work, n).detach(), 2, 4, axis=ctx.sites[n].k_axis).ok for n in ctx.patterns)
+    fid = ctx.artifacts["fidelity"]
     cos = F.cosine_similarity(embeddings(work, evalb), embeddings(dense, evalb), dim=-1)
     errs = [e.output_error for e in fid.layers]
-    row = {
-        "variant": spec,
+    return {
+        "variant": spec | ({"permute": permute} if permute else {}) | ({"permute_scores": permute_scores} if permute_scores else {}),
         "pruned_layers": len(ctx.patterns),
         "exact_2_4": exact,
         "emb_mean_cos": float(cos.mean()),
@@ -121,8 +103,8 @@ def run_variant(dense: torch.nn.Module, inputs: tuple[Any, ...], calib: list, ev
         "token_min_cos": fid.min_cosine,
         "mean_layer_error": sum(errs) / len(errs) if errs else None,
         "seconds": round(seconds, 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    return row, work
 
 
 def main() -> None:
@@ -150,7 +132,7 @@ def main() -> None:
     }
     print(f"MiniLM: {args.calib} calibration sentences in {len(calib)} batches, {args.eval} eval sentences", flush=True)
     for text in args.variants:
-        row, _ = run_variant(dense, inputs, calib, evalb, json.loads(text))
+        row = run_variant(dense, inputs, calib, evalb, json.loads(text))
         out["rows"].append(row)
         print(
             f"  {text:<48} emb cos {row['emb_mean_cos']:.4f} (min {row['emb_min_cos']:.3f})  token cos {row['token_mean_cos']:.4f}"
@@ -158,10 +140,9 @@ def main() -> None:
             flush=True,
         )
     if args.budgets:
-        work = copy.deepcopy(dense)
-        ctx = stages(work, inputs)
+        ctx = stages(dense, inputs)
         opts = CalibrateOptions(**json.loads(args.budget_variant))
-        total = sum(get_param(dense, n).numel() for n in ctx.patterns)
+        total = sum(get_tensor(dense, n).numel() for n in ctx.patterns)
         for ranking in args.ranking:
             t0 = time.perf_counter()
             search = BudgetSearch(dense, targets_of(ctx), calib, evalb, options=opts, ranking=ranking)  # type: ignore[arg-type]
