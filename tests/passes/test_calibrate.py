@@ -227,6 +227,27 @@ def test_patterns_a_calibrated_method_cannot_compute_and_bad_batches() -> None:
     assert torch.equal(model.inp.weight, dense_w)  # the caller's model is never touched
 
 
+def test_options_validate_and_round_trip_through_json() -> None:
+    import json
+
+    opts = CalibrateOptions(method="wanda", percdamp=0.05, search="obs", max_batches=3)
+    assert CalibrateOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+    with pytest.raises(ConfigError, match=r"unknown CalibrateOptions field\(s\) \['dampening'\]"):
+        CalibrateOptions.from_dict({"dampening": 0.1})
+    for bad, field in (
+        ({"method": "obs"}, "method"),
+        ({"search": "greedy"}, "search"),
+        ({"percdamp": -1}, "percdamp"),
+        ({"admm_rho": 0}, "admm_rho"),
+        ({"admm_growth": 0.5}, "admm_growth"),
+        ({"admm_iterations": -1}, "admm_iterations"),
+        ({"blocksize": 0}, "blocksize"),
+        ({"max_batches": 0}, "max_batches"),
+    ):
+        with pytest.raises(ConfigError, match=f"CalibrateOptions.{field} must"):
+            CalibrateOptions(**bad)  # type: ignore[arg-type]
+
+
 def test_method_rule() -> None:
     assert choose_method(None, True) == "sparsegpt" and choose_method(None, False) == "magnitude"
     assert choose_method("wanda", True) == "wanda" and choose_method("magnitude", False) == "magnitude"

@@ -143,6 +143,13 @@ class CalibrateOptions:
         b = self.permutation_time_budget_s
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0:
             raise ConfigError(f"CalibrateOptions.permutation_time_budget_s must be seconds >= 0, got {b!r}")
+        it = self.admm_iterations
+        if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+            raise ConfigError(f"CalibrateOptions.admm_iterations must be an int >= 0, got {it!r}")
+        for name, low in (("admm_rho", 0.0), ("admm_growth", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low or (low == 0 and v == 0):
+                raise ConfigError(f"CalibrateOptions.{name} must be a finite number {'> 0' if low == 0 else '>= 1'}, got {v!r}")
 
     @property
     def refits(self) -> bool:
@@ -152,6 +159,17 @@ class CalibrateOptions:
         from dataclasses import asdict
 
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CalibrateOptions:
+        """The options from :meth:`to_dict`'s JSON (ConfigError naming unknown fields)."""
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown CalibrateOptions field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**dict(d))
 
 
 class _StopForward(Exception):
