@@ -31,7 +31,19 @@ from graphprune.passes.base import PassContext, PassResult, register_pass
 from graphprune.plan import Plan
 from graphprune.report import Decision
 
-__all__ = ["PlanOptions", "PlanReport", "apply_plan", "check_plan"]
+__all__ = ["NOT_IN_PLAN", "PlanOptions", "PlanReport", "apply_plan", "check_plan", "skip_reason"]
+
+NOT_IN_PLAN = "not_in_plan"  # the skip reason of sites compile would prune that the plan does not name
+
+
+def skip_reason(value: str) -> Any:
+    """``SkipReason(value)``, or None while report.py does not know the reason yet (the message carries it)."""
+    from graphprune.report import SkipReason
+
+    try:
+        return SkipReason(value)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ def apply_plan(module: nn.Module, options: PlanOptions, ctx: PassContext) -> Pas
             del ctx.patterns[name]
             d = ctx.decisions[name]
             d.pruned, d.pattern = False, None
+            d.reason = skip_reason(NOT_IN_PLAN)
             d.message = f"layer {d.module} ({name}) is not in the plan: left dense"
     with torch.no_grad():
         for s in plan.sites.values():

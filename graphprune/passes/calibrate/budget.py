@@ -42,6 +42,7 @@ from torch import nn
 from graphprune._module_tensors import get_tensor
 from graphprune.errors import ConfigError, ValidationError
 from graphprune.passes.base import PassContext, PassResult, register_pass
+from graphprune.passes.calibrate.apply_plan import skip_reason
 from graphprune.passes.calibrate.calibrate import SitesResult, Target, check_calibratable, prune_sites, targets_of
 from graphprune.passes.calibrate.driver import CalibrateOptions
 
@@ -289,15 +290,6 @@ def fit_accuracy_budget(
     return search.fit(bound)
 
 
-def _skip_reason(value: str) -> Any:
-    from graphprune.report import SkipReason
-
-    try:
-        return SkipReason(value)
-    except ValueError:  # report.py does not know this reason yet: the message carries it
-        return None
-
-
 @dataclass(frozen=True, kw_only=True)
 class BudgetOptions:
     """Options of the ``accuracy-budget`` pass: the bound (``max_drift`` or ``min_cosine``), the calibration
@@ -364,7 +356,7 @@ def accuracy_budget(module: nn.Module, options: BudgetOptions, ctx: PassContext)
         del ctx.patterns[n]
         d = ctx.decisions[n]
         d.pruned, d.pattern, d.zeros = False, None, 0
-        d.reason = _skip_reason(ACCURACY_BUDGET)
+        d.reason = skip_reason(ACCURACY_BUDGET)
         d.message = (
             f"layer {d.module} ({n}) left dense by the accuracy budget (max_drift {result.max_drift:g}; "
             f"sensitivity rank {rank[n]} of {len(rank)})"
