@@ -37,7 +37,7 @@ import torch
 
 from graphprune.errors import ConfigError, InputError
 
-__all__ = ["Sources", "load_batches", "split_sources"]
+__all__ = ["Sources", "batch_leaves", "check_batch", "describe_batch", "load_batches", "split_sources"]
 
 _FILE_SUFFIXES = (".safetensors", ".npz")
 
@@ -46,11 +46,54 @@ def _dt(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def _desc(batch: Sequence[Any]) -> str:
+def batch_leaves(batch: Any) -> list[tuple[str, Any]]:
+    """(name, value) of a batch's inputs: ``input`` for a lone tensor, ``input[i]`` for a tuple, keys of a mapping."""
+    if isinstance(batch, torch.Tensor):
+        return [("input", batch)]
+    if isinstance(batch, Mapping):
+        return [(str(k), v) for k, v in batch.items()]
+    if isinstance(batch, (tuple, list)):
+        return [(f"input[{i}]", v) for i, v in enumerate(batch)]
+    return [("input", batch)]
+
+
+def describe_batch(batch: Any) -> str:
+    """``input[0]: int64[2, 7], input[1]: float32[2, 7, 3]``."""
     return ", ".join(
-        f"input[{i}]: {_dt(v)}{list(v.shape)}" if isinstance(v, torch.Tensor) else f"input[{i}]: {type(v).__name__}"
-        for i, v in enumerate(batch)
+        f"{n}: {_dt(v)}{list(v.shape)}" if isinstance(v, torch.Tensor) else f"{n}: {type(v).__name__}"
+        for n, v in batch_leaves(batch)
     )
+
+
+def check_batch(
+    batch: Any, index: int, *, reference: Any = None, what: str = "calibration", origin: str = "", ref_name: str = "the example inputs"
+) -> None:
+    """The one check of a batch (InputError naming the batch and input): the same inputs as ``reference``
+    (names / arity), each of its dtype and number of dims (sizes may differ), floating inputs finite.
+    ``origin``: where the batch came from, e.g. the SOURCE string."""
+    where = f"{what} batch {index}" + (f" from {origin}" if origin else "")
+    if reference is not None:
+        a, b = batch_leaves(reference), batch_leaves(batch)
+        if [n for n, _ in a] != [n for n, _ in b]:
+            raise InputError(
+                f"{where} has inputs ({describe_batch(batch)}) but {ref_name} had ({describe_batch(reference)}); "
+                "every batch must have the same inputs"
+            )
+        for (name, x), (_, y) in zip(a, b):
+            if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+                raise InputError(f"{where}: input {name!r} is a {type(y).__name__}, in {ref_name} a {type(x).__name__}")
+            if isinstance(x, torch.Tensor):
+                for wrong, bad in (("dtype", x.dtype != y.dtype), ("shape", x.dim() != y.dim())):
+                    if bad:
+                        raise InputError(
+                            f"{where}: input {name!r} is {_dt(y)}{list(y.shape)}, in {ref_name} it is "
+                            f"{_dt(x)}{list(x.shape)} (wrong {wrong})"
+                        )
+    for name, v in batch_leaves(batch):
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise InputError(
+                f"{where}: input {name!r} ({_dt(v)}{list(v.shape)}) has {int((~torch.isfinite(v)).sum())} NaN/Inf value(s)"
+            )
 
 
 def _as_batch(b: Any, index: int, what: str, origin: str) -> tuple[Any, ...]:
@@ -71,34 +114,9 @@ def _as_batch(b: Any, index: int, what: str, origin: str) -> tuple[Any, ...]:
 def check_against(
     batches: Sequence[tuple[Any, ...]], reference: tuple[Any, ...] | None, *, what: str, origin: str
 ) -> None:
-    """InputError naming the batch and input unless every batch matches ``reference`` in arity, dtype and
-    number of dims, and floating inputs are finite."""
+    """:func:`check_batch` for every batch against the example inputs."""
     for i, b in enumerate(batches):
-        if reference is not None and len(b) != len(reference):
-            raise InputError(
-                f"{what} batch {i} from {origin} has {len(b)} input(s) ({_desc(b)}) but the model takes "
-                f"{len(reference)} ({_desc(reference)})"
-            )
-        for j, v in enumerate(b):
-            ref = reference[j] if reference is not None else None
-            if isinstance(ref, torch.Tensor):
-                if not isinstance(v, torch.Tensor):
-                    raise InputError(f"{what} batch {i} from {origin}: input[{j}] is a {type(v).__name__}, not a tensor")
-                if v.dtype != ref.dtype:
-                    raise InputError(
-                        f"{what} batch {i} from {origin}: input[{j}] is {_dt(v)}{list(v.shape)}, the example input is "
-                        f"{_dt(ref)}{list(ref.shape)} (wrong dtype)"
-                    )
-                if v.dim() != ref.dim():
-                    raise InputError(
-                        f"{what} batch {i} from {origin}: input[{j}] is {_dt(v)}{list(v.shape)}, the example input is "
-                        f"{_dt(ref)}{list(ref.shape)} (wrong shape)"
-                    )
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise InputError(
-                    f"{what} batch {i} from {origin}: input[{j}] ({_dt(v)}{list(v.shape)}) has "
-                    f"{int((~torch.isfinite(v)).sum())} NaN/Inf value(s)"
-                )
+        check_batch(b, i, reference=reference, what=what, origin=origin)
 
 
 def _import_callable(spec: str, what: str) -> Any:

@@ -81,10 +81,10 @@ def test_factory_source() -> None:
         (f"{HERE}:raises", r"calling raises\(\) failed: RuntimeError: dataset not found"),
         (f"{HERE}:returns_none", r"returned nothing \(None\)"),
         (f"{HERE}:returns_empty", r"gave no batches"),
-        (f"{HERE}:wrong_arity", r"calibration batch 1 from .*:wrong_arity has 1 input\(s\) \(input\[0\]: int64\[2, 5\]\) but the model takes 2"),
-        (f"{HERE}:wrong_dtype", r"calibration batch 1 from .*: input\[0\] is int32\[2, 6\], the example input is int64\[2, 5\] \(wrong dtype\)"),
-        (f"{HERE}:wrong_ndim", r"calibration batch 2 from .*: input\[1\] is float32\[7, 3\], the example input is float32\[2, 5, 3\] \(wrong shape\)"),
-        (f"{HERE}:with_nan", r"calibration batch 1 from .*: input\[1\] \(float32\[2, 6, 3\]\) has 1 NaN/Inf value"),
+        (f"{HERE}:wrong_arity", r"calibration batch 1 from .*:wrong_arity has inputs \(input\[0\]: int64\[2, 5\]\) but the example inputs had \(input\[0\]: int64\[2, 5\], input\[1\]: float32\[2, 5, 3\]\)"),
+        (f"{HERE}:wrong_dtype", r"calibration batch 1 from .*: input 'input\[0\]' is int32\[2, 6\], in the example inputs it is int64\[2, 5\] \(wrong dtype\)"),
+        (f"{HERE}:wrong_ndim", r"calibration batch 2 from .*: input 'input\[1\]' is float32\[7, 3\], in the example inputs it is float32\[2, 5, 3\] \(wrong shape\)"),
+        (f"{HERE}:with_nan", r"calibration batch 1 from .*: input 'input\[1\]' \(float32\[2, 6, 3\]\) has 1 NaN/Inf value"),
         (f"{HERE}:mapping_batches", r"calibration batch 0 from .* is a mapping \(input_ids\); compile calls the model with positional inputs"),
         ("nonsense", r"expected package\.module:callable or a file ending in \.safetensors or \.npz"),
     ],
@@ -126,7 +126,7 @@ def test_bad_files(tmp_path: Path) -> None:
         load_batches(save_npz(tmp_path / "b.npz", input_0=ids, input_1=feats, labels=ids), reference=REF)
     with pytest.raises(InputError, match=r"first axis counts samples .* input_0: 4, input_1: 3"):
         load_batches(save_npz(tmp_path / "c.npz", input_0=ids, input_1=feats[:3]), reference=REF)
-    with pytest.raises(InputError, match=r"batch 0 from .*d\.npz: input\[1\] is float64\[4, 5, 3\], the example input is float32"):
+    with pytest.raises(InputError, match=r"batch 0 from .*d\.npz: input 'input\[1\]' is float64\[4, 5, 3\], in the example inputs it is float32"):
         load_batches(save_npz(tmp_path / "d.npz", input_0=ids, input_1=feats.astype(np.float64)), reference=REF)
     bad = feats.copy()
     bad[1, 2, 0] = np.inf

@@ -127,7 +127,7 @@ def test_calibration_of_the_wrong_shape_names_the_input() -> None:
     ):
         prune_oneshot(model, [torch.randn(4, 12)], method="sparsegpt", sequential=False)
     with pytest.raises(
-        InputError, match=r"calibration batch 1: input 'input' is float32\[4\], the first batch's was float32\[4, 16\]"
+        InputError, match=r"calibration batch 1: input 'input' is float32\[4\], in the first batch it is float32\[4, 16\] \(wrong shape\)"
     ):
         prune_oneshot(model, [torch.randn(4, 16), torch.randn(4)], method="wanda")
     with pytest.raises(

@@ -14,75 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphprune.calibration_sources import check_batch, describe_batch
 from graphprune.errors import InputError
 
 __all__ = ["check_batches", "default_forward", "describe_batch", "materialize", "to_device"]
 
 
-def _leaves(batch: Any) -> list[tuple[str, Any]]:
-    if isinstance(batch, torch.Tensor):
-        return [("input", batch)]
-    if isinstance(batch, Mapping):
-        return [(str(k), v) for k, v in batch.items()]
-    if isinstance(batch, (tuple, list)):
-        return [(f"input[{i}]", v) for i, v in enumerate(batch)]
-    return [("input", batch)]
-
-
-def _dt(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
-def describe_batch(batch: Any) -> str:
-    parts = []
-    for name, v in _leaves(batch):
-        if isinstance(v, torch.Tensor):
-            parts.append(f"{name}: {_dt(v)}{list(v.shape)}")
-        else:
-            parts.append(f"{name}: {type(v).__name__}")
-    return ", ".join(parts)
-
-
-def _check_like(reference: Any, batch: Any, index: int, what: str, ref_name: str) -> None:
-    a, b = _leaves(reference), _leaves(batch)
-    if [n for n, _ in a] != [n for n, _ in b]:
-        raise InputError(
-            f"{what} batch {index} has inputs ({describe_batch(batch)}) but {ref_name} had "
-            f"({describe_batch(reference)}); every batch must have the same inputs"
-        )
-    for (name, x), (_, y) in zip(a, b):
-        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
-            raise InputError(
-                f"{what} batch {index}: input {name!r} is {type(y).__name__}, {ref_name}'s was {type(x).__name__}"
-            )
-        if isinstance(x, torch.Tensor):
-            if x.dtype != y.dtype:
-                raise InputError(
-                    f"{what} batch {index}: input {name!r} is {_dt(y)}{list(y.shape)}, {ref_name}'s was "
-                    f"{_dt(x)}{list(x.shape)} (wrong dtype)"
-                )
-            if x.dim() != y.dim():
-                raise InputError(
-                    f"{what} batch {index}: input {name!r} is {_dt(y)}{list(y.shape)}, {ref_name}'s was "
-                    f"{_dt(x)}{list(x.shape)} (wrong shape)"
-                )
-
-
-def _check_finite(batch: Any, index: int, what: str) -> None:
-    for name, v in _leaves(batch):
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            bad = int((~torch.isfinite(v)).sum())
-            raise InputError(f"{what} batch {index}: input {name!r} ({_dt(v)}{list(v.shape)}) has {bad} NaN/Inf value(s)")
-
-
 def check_batches(batches: list[Any], *, reference: Any = None, what: str = "calibration") -> None:
     """Raise InputError unless every batch has ``reference``'s structure (default: the first batch's)
-    and finite floating inputs. ``reference`` is e.g. compile's example inputs."""
+    and finite floating inputs (:func:`graphprune.calibration_sources.check_batch`, the one rule)."""
     ref, ref_name = (reference, "the example inputs") if reference is not None else (batches[0] if batches else None, "the first batch")
     for i, b in enumerate(batches):
-        if ref is not None and not (reference is None and i == 0):
-            _check_like(ref, b, i, what, ref_name)
-        _check_finite(b, i, what)
+        check_batch(b, i, reference=None if (reference is None and i == 0) else ref, what=what, ref_name=ref_name)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
