@@ -16,9 +16,9 @@ import functools
 import hashlib
 import random
 import re
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["Split", "sentences"]
+__all__ = ["Split", "sentences", "token_batches"]
 
 Split = Literal["all", "calib", "eval"]
 _SPLITS = ("all", "calib", "eval")
@@ -138,3 +138,17 @@ def sentences(
             f"min_words={min_words}, max_words={max_words}"
         )
     return random.Random(seed).sample(candidates, n)
+
+
+def token_batches(tokenizer: Any, texts: list[str], *, max_batch: int = 32, max_length: int = 128) -> list[tuple[Any, Any]]:
+    """``(input_ids, attention_mask)`` int64 batches of sentences with the same token count (no padding,
+    so no padding token enters calibration statistics or per-token fidelity), shortest first."""
+    by_len: dict[int, list[str]] = {}
+    for s in texts:
+        by_len.setdefault(len(tokenizer(s, truncation=True, max_length=max_length)["input_ids"]), []).append(s)
+    out = []
+    for _, group in sorted(by_len.items()):
+        for i in range(0, len(group), max_batch):
+            enc = tokenizer(group[i : i + max_batch], truncation=True, max_length=max_length, return_tensors="pt")
+            out.append((enc["input_ids"], enc["attention_mask"]))
+    return out

@@ -52,7 +52,9 @@ __all__ = [
     "hf_vit",
     "k_not_div_4",
     "minilm",
+    "minilm_calib",
     "minilm_dir",
+    "minilm_eval",
     "mlp",
     "names",
     "residual_cnn",
@@ -581,6 +583,27 @@ def minilm(seq_len: int = 32) -> Built:
     texts = sentences(2, seed=0, split="eval", min_words=8, max_words=16)
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
     return model, (enc["input_ids"], enc["attention_mask"])
+
+
+def _minilm_batches(n: int, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from transformers import AutoTokenizer
+
+    from models.text import sentences, token_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
+    return token_batches(tokenizer, sentences(n, seed=seed, split=split))  # type: ignore[arg-type]
+
+
+def minilm_calib(n: int = 640) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Calibration batches for `models.zoo:minilm` (`--calib models.zoo:minilm_calib`): `n` real sentences
+    of the `calib` split of `models.text`, as `(input_ids, attention_mask)` batches of equal token count."""
+    return _minilm_batches(n, "calib", seed=1)
+
+
+def minilm_eval(n: int = 200) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation batches for `models.zoo:minilm` (`--eval models.zoo:minilm_eval`): `n` sentences of the
+    `eval` split, disjoint from every calibration sentence."""
+    return _minilm_batches(n, "eval", seed=0)
 
 
 # --------------------------------------------------------------------------- reference sizes (benchmarks)

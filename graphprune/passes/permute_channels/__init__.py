@@ -2,7 +2,7 @@
 magnitude, the dense function unchanged; :mod:`.search` finds one group's permutation, :mod:`.records`
 holds the options and what the pass records."""
 
-from graphprune.passes.permute_channels.permute import permute_channels, permute_model_channels
+from graphprune.passes.permute_channels.permute import permute_channels, permute_for_patterns, permute_model_channels
 from graphprune.passes.permute_channels.records import (
     GroupPermutation,
     LayerEfficacy,
@@ -16,5 +16,6 @@ __all__ = [
     "PermutationReport",
     "PermuteChannelsConfig",
     "permute_channels",
+    "permute_for_patterns",
     "permute_model_channels",
 ]

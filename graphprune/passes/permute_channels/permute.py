@@ -65,7 +65,7 @@ from graphprune.passes.permute_channels.search import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["permute_channels", "permute_model_channels"]
+__all__ = ["permute_channels", "permute_for_patterns", "permute_model_channels"]
 
 
 def permute_model_channels(
@@ -76,12 +76,15 @@ def permute_model_channels(
     targets: Iterable[str] | None = None,
     k_axes: Mapping[str, int] | None = None,
     exported: Any = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> PermutationReport:
     """Permute ``model``'s coupled channels in place to raise the magnitude N:M masks keep.
 
     ``targets``: parameter fqns that will get N:M masks (default: every prunable site whose K is a
     multiple of M). ``k_axes``: parameter fqn -> K axis (default: from ``find_sites``).
-    ``exported``: an ``ExportedProgram`` of ``model`` to reuse. Returns per-layer and per-group
+    ``exported``: an ``ExportedProgram`` of ``model`` to reuse. ``scores``: param fqn -> importance of the
+    weight's elements (its shape) to search on instead of ``|W|`` (a calibrated method's own scores).
+    Returns per-layer and per-group
     records (see the module docstring for what is permuted and why not).
     """
     from graphprune.analysis.groups import export_for_analysis, find_groups
@@ -143,9 +146,9 @@ def permute_model_channels(
         moves: list[Move] = []
         if not reason:
             if g.kind == "heads":
-                moves, reason = _search_heads(model, g, consumers, rec, n, m, budget, opts, report.search_seconds)
+                moves, reason = _search_heads(model, g, consumers, rec, n, m, budget, opts, report.search_seconds, scores)
             else:
-                moves, reason = _search_channels(model, g, consumers, rec, n, m, budget, opts)
+                moves, reason = _search_channels(model, g, consumers, rec, n, m, budget, opts, scores)
             report.search_seconds += rec.seconds
         if reason:
             rec.reason = reason
@@ -189,13 +192,22 @@ def permute_channels(module: nn.Module, options: PermuteChannelsConfig, ctx: Pas
 
     ``options`` gives the budget and seed; its ``n``/``m`` are replaced by the config's pattern.
     A config without an N:M pattern leaves the module untouched."""
+    report = permute_for_patterns(module, options, ctx)
+    return PassResult(module, modified=bool(report.permuted_groups), report=report)
+
+
+def permute_for_patterns(
+    module: nn.Module, options: PermuteChannelsConfig, ctx: PassContext, *, scores: Mapping[str, torch.Tensor] | None = None
+) -> PermutationReport:
+    """What the pass does, with optional ``scores`` (param -> importance of each weight element) searched on
+    instead of ``|W|``: the calibrate pass permutes on its method's own scores this way."""
     pattern = ctx.config.element_pattern
     if not isinstance(pattern, SemiStructured):
-        return PassResult(module, modified=False, report=PermutationReport(n=0, m=0, skipped=f"pattern {pattern} is not N:M: nothing to permute for"))
-    base = options
-    opts = PermuteChannelsConfig(**{**asdict(base), "n": pattern.n, "m": pattern.m})
+        return PermutationReport(n=0, m=0, skipped=f"pattern {pattern} is not N:M: nothing to permute for")
+    opts = PermuteChannelsConfig(**{**asdict(options), "n": pattern.n, "m": pattern.m})
     targets = [p for p, pat in ctx.patterns.items() if isinstance(pat, SemiStructured) and (pat.n, pat.m) == (pattern.n, pattern.m)]
     k_axes = {p: s.k_axis for p, s in ctx.sites.items()} or None
     exported = ctx.capture.exported if ctx.capture is not None and ctx.capture.method == "export" else None
-    report = permute_model_channels(module, ctx.example_inputs, opts, targets=targets, k_axes=k_axes, exported=exported)
-    return PassResult(module, modified=bool(report.permuted_groups), report=report)
+    return permute_model_channels(
+        module, ctx.example_inputs, opts, targets=targets, k_axes=k_axes, exported=exported, scores=scores
+    )

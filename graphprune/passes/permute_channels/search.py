@@ -10,7 +10,7 @@ record; only ``_apply`` writes to the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -88,20 +88,30 @@ def _why_not(g: Any, consumers: list[Any], m: int, *, verify: bool) -> str:
 
 
 
-def _consumer_columns(model: nn.Module, c: Any) -> Tensor:
+def _consumer_columns(model: nn.Module, c: Any, scores: Mapping[str, Tensor] | None = None) -> Tensor:
+    """The consumer's |W| columns of the group, or its ``scores`` (e.g. a calibrated method's |W|·||x||)."""
     from graphprune.sparsity._common import as_rows_by_k
 
-    return as_rows_by_k(get_tensor(model, c.target).detach().abs().float(), c.axis)[:, c.offset : c.offset + c.size]
+    t = scores[c.target] if scores is not None and c.target in scores else get_tensor(model, c.target).detach()
+    return as_rows_by_k(t.abs().float(), c.axis)[:, c.offset : c.offset + c.size]
 
 
 
 def _search_channels(
-    model: nn.Module, g: Any, consumers: list[Any], rec: GroupPermutation, n: int, m: int, budget: float, opts: PermuteChannelsConfig
+    model: nn.Module,
+    g: Any,
+    consumers: list[Any],
+    rec: GroupPermutation,
+    n: int,
+    m: int,
+    budget: float,
+    opts: PermuteChannelsConfig,
+    scores: Mapping[str, Tensor] | None = None,
 ) -> tuple[list[Move], str]:
     """One permutation of the group's channels, searched on its consumers' stacked columns."""
     from graphprune.sparsity import search_permutation
 
-    stacked = torch.cat([_consumer_columns(model, c) for c in consumers])
+    stacked = torch.cat([_consumer_columns(model, c, scores) for c in consumers])
     res = search_permutation(stacked, n, m, axis=1, time_budget_s=budget, seed=opts.seed, progress=opts.progress)
     rec.seconds, rec.iterations = res.seconds, res.iterations
     rec.kept_before, rec.kept_after = res.kept_before, res.kept_after
@@ -122,6 +132,7 @@ def _search_heads(
     budget: float,
     opts: PermuteChannelsConfig,
     spent_before: float = 0.0,
+    scores: Mapping[str, Tensor] | None = None,
 ) -> tuple[list[Move], str]:
     """A permutation of the channels *inside* each KV group's heads.
 
@@ -137,7 +148,7 @@ def _search_heads(
     h = g.heads
     d, kv, nh = h.head_dim, max(1, h.num_kv_heads), h.num_heads
     rep = max(1, nh // kv)
-    cols = [_consumer_columns(model, c) for c in consumers]
+    cols = [_consumer_columns(model, c, scores) for c in consumers]
     perms: list[Tensor] = []
     kept_b = kept_a = weight = 0.0
     rec.iterations = 0
