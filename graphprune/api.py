@@ -6,13 +6,14 @@ Pipeline (each stage timed into ``report.timings``)::
          ─▶ [fold_masks] ─▶ check masked == folded ─▶ export ONNX ─▶ audit ─▶ onnxruntime parity ─▶ save
 
 The caller's model is never mutated: it is deep-copied once at entry and the passes work on the
-copy. The ONNX file always carries the folded form (zeros in initializers, where TensorRT looks for
+copy (``copy=False``: the caller hands the model over and the passes work on it, which saves one
+model's worth of memory on large models). The ONNX file always carries the folded form (zeros in initializers, where TensorRT looks for
 2:4); ``CompileResult.model`` is in ``config.form``.
 """
 
 from __future__ import annotations
 
-import copy
+import copy as _copy
 import logging
 import tempfile
 import time
@@ -30,7 +31,7 @@ from graphprune._modules import get_param
 from graphprune.analysis.decide import decide, unsupported_decision
 from graphprune.analysis.find_sites import find_sites
 from graphprune.capture import capture
-from graphprune.config import CompileConfig, SemiStructured
+from graphprune.config import CompileConfig
 from graphprune.errors import InputError, OutputError, UnsupportedModelError, ValidationError
 from graphprune.passes.base import PassContext, run_pass
 from graphprune.passes.fx.apply_masks import apply_masks
@@ -89,7 +90,7 @@ def _run(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
 def copy_model(model: nn.Module) -> nn.Module:
     """The one copy the pipeline makes of the caller's model."""
     try:
-        return copy.deepcopy(model)
+        return _copy.deepcopy(model)
     except Exception as e:
         raise InputError(f"cannot copy {type(model).__name__} (graphprune never mutates the caller's model): {e}") from e
 
@@ -103,6 +104,8 @@ def compile(
     progress: bool = False,
     dump_dir: str | Path | None = None,
     model_name: str | None = None,
+    copy: bool = True,
+    export_options: Any = None,
 ) -> CompileResult:
     """Prune ``model`` as ``config`` says, export ONNX and prove it.
 
@@ -111,22 +114,40 @@ def compile(
     ``pruned.pt2`` and ``report.json`` go (a fresh temporary folder when None). Raises
     ``ValidationError`` when a rewrite or the export does not compute what the pruned model
     computes; the report is still attached to the exception as ``.report``.
+
+    ``example_inputs`` may also be a dict of named inputs or an ``(args, kwargs)`` pair
+    (:func:`graphprune.runtime.hf.prepare_inputs`). ``copy=False``: work on ``model`` itself
+    (mutated; no defensive deep copy). ``export_options``: a
+    :class:`graphprune.runtime.export.ExportOptions` (dtype, dynamic batch/axes, input names).
     """
-    from graphprune.runtime import compare
+    from graphprune.runtime import compare, hf, resources
+    from graphprune.runtime.export import ExportOptions
 
     config = config or CompileConfig()
+    export_opts = export_options if export_options is not None else ExportOptions()
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = _as_tuple(example_inputs)
+    hf.split_example(example_inputs)  # one-line InputError for an unusable kind before anything runs
     out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="graphprune-"))
     prepare_output_dir(out_dir)
     report = CompileReport(model=model_name or type(model).__name__, config=config.to_dict())
-    ctx = PassContext(inputs, report=report, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None)
     validation: dict[str, Any] = {}
+    report.capture["memory"] = resources.check_memory(
+        model, copy=copy, validate=config.export_onnx and config.validate, what=report.model
+    )
+    if config.export_onnx:
+        resources.check_free_space(
+            out_dir, resources.compile_disk_bytes(model), what=f"the outputs of {report.model} (ONNX weights and pruned.pt2)"
+        )
 
     with _stage(report, "copy"):
-        work = copy_model(model)
+        work = copy_model(model) if copy else model
         work.eval()
+        prep = hf.prepare_model(work, example_inputs, export_opts)
+        inputs = prep.args
+        report.notes.extend(prep.notes)
+        report.capture["inputs"] = prep.record
+    ctx = PassContext(inputs, report=report, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None)
 
     if config.structured_patterns:
         with _stage(report, "structured"):
@@ -136,13 +157,15 @@ def compile(
         try:
             _run(work, inputs)
         except Exception as e:
+            in_dtype = f" in {prep.record['dtype']}" if export_opts.dtype is not None and "dtype" in prep.record else ""
             raise UnsupportedModelError(
-                f"{report.model} fails on the given example inputs ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"{report.model} fails on the given example inputs{in_dtype} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "pass inputs of the shapes and dtypes its forward expects (CLI: --input-shape)"
+                + ("; or choose another --dtype" if in_dtype else "")
             ) from e
         cap = capture(work, inputs)
         ctx.capture = cap
-        report.capture = cap.record()
+        report.capture.update(cap.record())
         if cap.method == "walk" and config.structured_patterns:
             report.notes.append("structured pruning needs a graph; the module walk found none")
 
@@ -179,7 +202,7 @@ def compile(
         scripted = isinstance(work, torch.jit.ScriptModule)
         # the masked form keeps its own copy; the folded one is made from the dense weights (a
         # parametrized module must not be deep-copied: the copies would share its generated class)
-        folded = work if (config.form == "folded" or scripted) else copy.deepcopy(work)
+        folded = work if (config.form == "folded" or scripted) else _copy.deepcopy(work)
         if not scripted:
             work = run_pass("apply-masks", apply_masks, work, config, ctx)
             reference = _run(work, inputs)  # the masked form: the numbers every later form must match
@@ -193,6 +216,7 @@ def compile(
         reference = folded_out
         if config.form == "folded" or scripted:
             work = folded
+            ctx.masks.clear()  # the zeros are in the weights now: free the bool masks (1 byte per weight)
 
     onnx_path: Path | None = None
     if config.export_onnx:
@@ -202,16 +226,24 @@ def compile(
 
         onnx_path = out_dir / "model.onnx"
         with _stage(report, "export"):
-            rec = export_mod.export_onnx(folded, inputs, onnx_path, opset=config.opset)
+            rec = export_mod.export_onnx(
+                folded, inputs, onnx_path, opset=config.opset, input_names=prep.tensor_names or None,
+                dynamic=export_opts.dynamic_batch, dynamic_axes=export_opts.dynamic_axes, exporters=export_opts.exporters, progress=progress,
+            )
             report.outputs["onnx"] = str(onnx_path)
             report.capture["onnx_exporter"] = rec.exporter
+            report.capture["onnx_export"] = rec.attempts
+            report.capture["onnx_dynamic_axes"] = {k: {str(a): v for a, v in d.items()} for k, d in rec.dynamic_axes.items()}
+            report.notes.extend(rec.notes)
+            if rec.external_data:
+                report.outputs["onnx_data"] = str(out_dir / rec.external_data[0])
         with _stage(report, "audit"):
             aud = _audit(audit_mod, onnx_path, ctx, rec.initializer_sources)
             report.audit = aud
             validation["audit"] = {"ok": aud["ok"], "summary": aud["summary"]}
         if config.validate:
             with _stage(report, "parity"):
-                pstats = ort.check_parity(folded, inputs, onnx_path)
+                pstats = ort.check_parity(folded, inputs, onnx_path, batch_sizes="auto", progress=progress)
                 report.parity = pstats.to_dict()
                 validation["onnx_parity"] = pstats.to_dict()
         if not aud["ok"]:
@@ -223,7 +255,8 @@ def compile(
             )
 
     with _stage(report, "save"):
-        saved = _save_pt2(folded if config.form == "folded" else work, inputs, out_dir / "pruned.pt2")
+        exported = rec.exported_program if (config.export_onnx and config.form == "folded") else None
+        saved = _save_pt2(folded if config.form == "folded" else work, inputs, out_dir / "pruned.pt2", exported=exported)
         if saved:
             report.outputs["pt2"] = str(out_dir / "pruned.pt2")
         else:
@@ -259,58 +292,10 @@ def prepare_output_dir(out_dir: Path, *, inputs: tuple[Path, ...] = ()) -> None:
 
 
 def _audit(audit_mod: Any, onnx_path: Path, ctx: PassContext, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Audit the exported ONNX: every pruned site must be found there with its own pattern intact.
-
-    Initializers are mapped back to parameters through the exporter's value comparison
-    (``sources``: the exporter renames transposed weights, e.g. ``val_9``). Each distinct N:M
-    pattern is audited on its own initializers; unstructured sites must carry at least their zeros.
-    """
-    param_to_init: dict[str, str] = {}
-    for init, info in sources.items():
-        if info.get("param"):
-            param_to_init.setdefault(info["param"], init)
-    for name in ctx.patterns:
-        param_to_init.setdefault(name, name)  # initializers that keep the parameter's name
-    by_pattern: dict[tuple[int, int] | None, list[str]] = {}
-    for name, pat in ctx.patterns.items():
-        key = (pat.n, pat.m) if isinstance(pat, SemiStructured) else None
-        by_pattern.setdefault(key, []).append(name)
-    base = audit_mod.audit_onnx(onnx_path)
-    layers = {layer.initializer: layer for layer in base.layers}
-    not_found = sorted(n for n in ctx.patterns if param_to_init[n] not in layers)
-    violations: list[str] = []
-    checked = 0
-    for key, names in by_pattern.items():
-        present = [n for n in names if param_to_init[n] in layers]
-        if key is None:
-            for n in present:
-                checked += 1
-                if layers[param_to_init[n]].zeros < ctx.decisions[n].zeros:
-                    violations.append(n)
-            continue
-        rep = audit_mod.audit_onnx(onnx_path, n=key[0], m=key[1], expect=[param_to_init[n] for n in present])
-        nm_ok = {layer.initializer: layer.nm_ok for layer in rep.layers}
-        for n in present:
-            checked += 1
-            if not nm_ok.get(param_to_init[n], False):
-                violations.append(n)
-    ok = not violations and not not_found
-    pats = ", ".join(sorted({str(p) for p in ctx.patterns.values()})) or "none"
-    summary = (
-        f"{len(layers)} weights in the ONNX; {checked}/{len(ctx.patterns)} pruned layers found; "
-        f"pattern ({pats}) holds on the TensorRT axis for {checked - len(violations)}/{checked}"
-        + (f"; violations in {violations[:5]}" if violations else "")
-        + (f"; not found: {not_found[:5]}" if not_found else "")
-    )
-    return {
-        "ok": ok,
-        "summary": summary,
-        "matched": checked,
-        "violations": violations,
-        "not_found": not_found,
-        "initializer_of": param_to_init,
-        "layers": [layer.to_dict() for layer in base.layers],
-    }
+    """Audit the exported ONNX: every pruned site must be found there (by value, through the export
+    record's ``sources``) with its own pattern intact (:func:`graphprune.runtime.audit.audit_compiled`)."""
+    zeros = {n: ctx.decisions[n].zeros for n in ctx.patterns}
+    return audit_mod.audit_compiled(onnx_path, ctx.patterns, zeros, sources, progress=ctx.progress)
 
 
 def _structured(work: nn.Module, inputs: tuple[Any, ...], config: CompileConfig, ctx: PassContext) -> nn.Module:
@@ -321,9 +306,13 @@ def _structured(work: nn.Module, inputs: tuple[Any, ...], config: CompileConfig,
     return res.model
 
 
-def _save_pt2(model: nn.Module, inputs: tuple[Any, ...], path: Path) -> bool:
+def _save_pt2(model: nn.Module, inputs: tuple[Any, ...], path: Path, *, exported: Any = None) -> bool:
+    """``exported``: the export stage's ExportedProgram of this very model (same weights, dynamic batch); reused."""
     if isinstance(model, torch.jit.ScriptModule):
         return False
+    if exported is not None:
+        atomic_write(path, lambda p: torch.export.save(exported, str(p)))
+        return True
     try:
         ep = torch.export.export(model, inputs, strict=False)
     except Exception as e:
