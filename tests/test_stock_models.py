@@ -79,7 +79,7 @@ def test_torchscript_cnn_with_batchnorm_compiles(tmp_path):
     assert res.validation["onnx_parity"]["ok"]
     init_of = res.report.audit["initializer_of"]
     convs = [d.param for d in res.report.decisions if d.pruned and d.op.startswith("conv")]
-    assert len(convs) == 2  # the 3->16 stem has K = 3*9 per group of... K=3: not divisible by 4
+    assert len(convs) == 2  # 16->32 and 32->32; the stem (K = 3 input channels) is not divisible by 4
     for p in convs:  # BN folded into the conv: renamed and rescaled, found by value
         assert init_of[p].startswith("onnx::Conv_") or init_of[p] != p
     assert any("BatchNorm folded" in n for n in res.report.notes)

@@ -23,8 +23,9 @@ own copy of the model:
 - **Encoder-decoders** (``config.is_encoder_decoder``: T5, BART, Whisper, ...): when the forward
   takes ``decoder_input_ids`` and none were given, they are built the way the model builds them
   from labels: ``input_ids`` shifted right with ``decoder_start_token_id`` in front (or
-  ``[start] * 4`` when there are no ``input_ids``); without a ``decoder_start_token_id`` a one-line
-  :class:`~graphprune.errors.InputError` says what to pass.
+  ``[start] * 4`` when there are no ``input_ids``; T5, whose config has no
+  ``decoder_start_token_id``, starts with its ``pad_token_id`` as its own ``_shift_right`` documents);
+  without a start token a one-line :class:`~graphprune.errors.InputError` says what to pass.
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def _decoder_inputs(model: nn.Module, named: dict[str, Any], params: list[inspec
     if given & {"decoder_input_ids", "decoder_inputs_embeds", "labels", "encoder_outputs"}:
         return []
     start = getattr(config, "decoder_start_token_id", None)
+    source = "decoder_start_token_id"
+    if start is None and hasattr(model, "_shift_right") and getattr(config, "pad_token_id", None) is not None:
+        start, source = config.pad_token_id, "pad_token_id (T5's convention; its config has no decoder_start_token_id)"
     cls = type(model).__name__
     if start is None:
         raise InputError(
@@ -149,7 +153,7 @@ def _decoder_inputs(model: nn.Module, named: dict[str, Any], params: list[inspec
     named["decoder_input_ids"] = dec
     return [
         f"{cls} is an encoder-decoder: decoder_input_ids {list(dec.shape)} built from {how} with "
-        f"decoder_start_token_id={int(start)} (pass decoder_input_ids to choose them)"
+        f"start token {int(start)} from {source} (pass decoder_input_ids to choose them)"
     ]
 
 

@@ -120,7 +120,7 @@ def test_encoder_decoder_gets_decoder_inputs_or_a_one_line_error():
     prep = prepare_inputs(EncDec(start=0), {"input_ids": ids})
     assert torch.equal(prep.args[2], torch.tensor([[0, 5, 6], [0, 8, 9]]))  # shifted right, start token first
     assert prep.tensor_names == ["input_ids", "decoder_input_ids"]
-    assert "decoder_input_ids [2, 3] built from input_ids shifted right with decoder_start_token_id=0" in prep.notes[0]
+    assert "decoder_input_ids [2, 3] built from input_ids shifted right with start token 0 from decoder_start_token_id" in prep.notes[0]
     given = torch.tensor([[1], [2]])
     assert prepare_inputs(EncDec(start=0), {"input_ids": ids, "decoder_input_ids": given}).args[2] is given
     with pytest.raises(InputError, match="EncDec is an encoder-decoder and its forward needs decoder_input_ids: pass them"):
