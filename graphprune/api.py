@@ -72,16 +72,6 @@ def _stage(report: CompileReport, name: str) -> Iterator[None]:
         report.timings[name] = report.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    if isinstance(example_inputs, tuple):
-        return example_inputs
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    raise InputError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
-
-
 def _run(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
     with torch.no_grad():
         return model(*inputs)
@@ -163,7 +153,7 @@ def compile(
                 "pass inputs of the shapes and dtypes its forward expects (CLI: --input-shape)"
                 + ("; or choose another --dtype" if in_dtype else "")
             ) from e
-        cap = capture(work, inputs)
+        cap = capture(work, inputs, progress=progress)
         ctx.capture = cap
         report.capture.update(cap.record())
         if cap.method == "walk" and config.structured_patterns:

@@ -51,9 +51,11 @@ is kept (:attr:`ExportRecord.exported_program`) so ``pruned.pt2`` carries the sa
 
 Memory
 ------
-The ONNX is never serialized into one protobuf in memory: ``onnx_ir.save`` writes tensors one at a
-time (external data in ``<name>.data`` beyond ~1.8 GB of initializers: protobuf's 2 GiB limit), into
-a temporary folder beside ``path``, renamed into place (data file first). ``onnx.checker`` runs on
+Beyond 512 MiB of initializers the ONNX is never serialized into one protobuf in memory:
+``onnx_ir.save`` writes the tensors one at a time into ``<name>.data`` (protobuf's 2 GiB limit makes
+this necessary beyond 2 GB; below it, the in-memory protobuf of a single-file ONNX would cost twice
+the weight bytes). Files go to a temporary folder beside ``path`` and are renamed into place (data
+file first). ``onnx.checker`` runs on
 the path. Free space is checked before writing (:class:`OutputError`, exit 7).
 """
 
@@ -97,8 +99,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Above this many bytes of initializers the model is saved with external data (protobuf's 2 GiB limit).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+# Above this many bytes of initializers the weights are written to an external data file, tensor by
+# tensor. Beyond 2 GiB protobuf leaves no choice; below it, one self-contained file is serialized in
+# memory first, which costs about twice the weight bytes (a 1.25 GB model peaked at +2.5 GB), so
+# anything above 512 MiB is written streamed.
+_EXTERNAL_DATA_BYTES = 512 * 1024 * 1024
 _QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch.fx.experimental.symbolic_shapes")
 EXPORTERS: tuple[str, ...] = ("dynamo", "dynamo-relaxed", "torchscript")
 _FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
@@ -341,7 +346,7 @@ def output_names(tree: Any) -> list[str]:
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Write an in-memory ``model`` to ``path`` atomically (a temporary file beside it, then a rename).
 
-    Models with more than ~1.8 GB of initializers are written with external data in
+    Models with more than 512 MiB of initializers are written with external data in
     ``<name>.data`` beside the file; the data file is renamed into place before the model file.
     (:func:`export_onnx` does not build an in-memory ModelProto; this is for callers that have one.)
     """
@@ -878,11 +883,16 @@ def export_onnx(
     decompose_failed = False
     exporter = ""
     modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmpdir, _restore_modes(modes):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(order) + 2, desc="export", unit="step", disable=not progress, leave=False)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmpdir, _restore_modes(modes), bar:
         work_dir = Path(tmpdir)
         for exporter in order:
+            bar.update()
             if exporter == "dynamo-relaxed" and not (decompose_failed and failed_ep is not None):
                 continue  # relaxing helps only with a failure in the decomposition step
+            bar.set_postfix_str(exporter)
             t0 = time.perf_counter()
             try:
                 with _quiet(captured):
@@ -914,6 +924,8 @@ def export_onnx(
                 f"ONNX export of {label} failed with every exporter tried ({lines})"
                 + (f"\nexporter output:\n{out_log}" if out_log else "")
             )
+        bar.n = len(order)
+        bar.set_postfix_str("write")
         _cleanup_ir(ir_model)
         dyn = _rename_dims(ir_model, plan.wanted)
         static = [f"{n}:{ax}" for n, axes in plan.wanted.items() for ax in axes if ax not in dyn.get(n, {})]
@@ -927,10 +939,13 @@ def export_onnx(
         check_free_space(path.parent, int(nbytes * 1.01) + (1 << 20), what=f"the ONNX of {label} ({'external data, ' if big else ''}initializers)")
         sources = map_initializers(model if ep is None else ep, ir_model) if not is_script else map_initializers(model, ir_model)
         data_files = _save_ir(ir_model, path, work_dir, external=big, progress=progress)
-    try:
-        onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, ValueError) as e:
-        raise ValidationError(f"exported ONNX {path} fails onnx.checker: {str(e).splitlines()[0] if str(e) else e}") from e
+        bar.update()
+        bar.set_postfix_str("onnx.checker")
+        try:
+            onnx.checker.check_model(str(path))
+        except (onnx.checker.ValidationError, ValueError) as e:
+            raise ValidationError(f"exported ONNX {path} fails onnx.checker: {str(e).splitlines()[0] if str(e) else e}") from e
+        bar.update()
     seconds = time.perf_counter() - start
     renamed = [k for k, v in sources.items() if v["param"] != k]
     if renamed:
