@@ -53,12 +53,15 @@ CONFIGS: dict[str, dict[str, int]] = {
 _STAGE_RE = re.compile(r"^([a-z_]+) \.\.\.$")
 
 
-def _rss_bytes() -> int:
+def _rss_bytes() -> tuple[int, int, int]:
+    """(VmRSS, RssAnon, RssFile) in bytes: file-backed pages are the ONNX data onnxruntime maps from disk."""
+    out = {"VmRSS:": 0, "RssAnon:": 0, "RssFile:": 0}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            if key in out:
+                out[key] = int(line.split()[1]) * 1024
+    return out["VmRSS:"], out["RssAnon:"], out["RssFile:"]
 
 
 class StageMemory(logging.Handler):
@@ -68,6 +71,8 @@ class StageMemory(logging.Handler):
         super().__init__(level=logging.INFO)
         self.stage = "build"
         self.peaks: dict[str, int] = {}
+        self.anon: dict[str, int] = {}
+        self.file: dict[str, int] = {}
         self.order: list[str] = []
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -86,9 +91,11 @@ class StageMemory(logging.Handler):
             self.set_stage(m.group(1))
 
     def _sample(self) -> None:
-        rss = _rss_bytes()
+        rss, anon, file = _rss_bytes()
         if rss > self.peaks.get(self.stage, 0):
             self.peaks[self.stage] = rss
+            self.anon[self.stage] = anon
+            self.file[self.stage] = file
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -176,6 +183,7 @@ def worker(name: str, out_json: Path, *, copy: bool, dtype: str) -> None:
         "stage_seconds": dict(rep.timings),
         "stage_peak_rss_gb": {k: mem.peaks.get(k, 0) / 1e9 for k in mem.order},
         "stage_peak_rss_x_weights": {k: mem.peaks.get(k, 0) / weight_bytes for k in mem.order},
+        "stage_peak_anon_file_gb": {k: [mem.anon.get(k, 0) / 1e9, mem.file.get(k, 0) / 1e9] for k in mem.order},
         "peak_rss_gb": peak / 1e9,
         "peak_rss_x_weights": peak / weight_bytes,
         "audit_ok": rep.audit.get("ok"),
@@ -256,9 +264,11 @@ def main() -> None:
             f"= {run['peak_rss_x_weights']:.2f}x weights; audit {run['audit_ok']}, parity {run['parity']['ok']}; "
             f"load {load[0]:.2f}"
         )
-        for stage, secs in run["stage_seconds"].items():
+        for stage in ["build", *run["stage_seconds"]]:
+            secs = run["stage_seconds"].get(stage, run["build_seconds"])
+            anon, file = run["stage_peak_anon_file_gb"].get(stage, [0, 0])
             print(f"  {stage:12s} {secs:8.1f} s  peak {run['stage_peak_rss_gb'].get(stage, 0):6.2f} GB "
-                  f"({run['stage_peak_rss_x_weights'].get(stage, 0):.2f}x)")
+                  f"({run['stage_peak_rss_x_weights'].get(stage, 0):.2f}x; anon {anon:.2f} + file {file:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
