@@ -14,8 +14,10 @@ land in :attr:`ExportRecord.attempts`)
 3. ``torchscript``: ``torch.onnx.export(dynamo=False)``, which torch 2.13 still ships; the only
    exporter for ``torch.jit.ScriptModule`` inputs. It constant-folds (BatchNorm into Conv) and renames
    initializers (``onnx::Conv_60``): :attr:`ExportRecord.initializer_sources` maps them back by value.
-   It is last because it is the least faithful: on stock HF Swin (SDPA attention) its ONNX differs
-   from the model by ~1e-2, where the relaxed dynamo export is exact to ~1e-6.
+   It comes after the relaxed retry (the issue's order put it second) because what it gives is
+   poorer: renamed and rescaled weights, no module-scope metadata, and no ExportedProgram, so
+   ``pruned.pt2`` would be traced again without the dynamic batch. Both give stock T5 and Swin
+   exactly (parity ~1e-6); the order is an option (``exporters``).
 
 Every exporter runs with the model's train/eval flags restored afterwards (the TorchScript exporter
 puts a wrapper's mode back recursively, which flipped an eval model to training).
