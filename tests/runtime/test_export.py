@@ -288,3 +288,17 @@ def test_no_room_for_the_initializers_is_an_output_error_before_writing(tmp_path
     with pytest.raises(OutputError, match=r"has 0\.00 GB free but the ONNX of Linear"):
         export_onnx(nn.Linear(64, 64).eval(), (torch.randn(2, 64),), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_large_graph_skips_the_pattern_rewriter_but_still_folds_weight_transposes(tmp_path, monkeypatch):
+    from graphprune.runtime import export as export_mod
+
+    from .conftest import build
+
+    monkeypatch.setattr(export_mod, "_REWRITE_MAX_NODES", 0)  # every graph counts as large
+    model, inputs = build("gpt2like")
+    record = export_onnx(model, inputs, tmp_path / "big.onnx")
+    assert any("pattern rewriter was skipped" in n for n in record.notes)
+    matmul = next(n for n in onnx.load(str(record.path)).graph.node if n.op_type == "MatMul")
+    assert record.initializer_sources[matmul.input[1]]["param"] == "proj.weight"  # the transpose was folded
+    assert check_parity(model, inputs, record.path).ok
