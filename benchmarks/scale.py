@@ -188,7 +188,7 @@ def worker(name: str, out_json: Path, *, copy: bool, dtype: str) -> None:
         "peak_rss_x_weights": peak / weight_bytes,
         "audit_ok": rep.audit.get("ok"),
         "audit_summary": rep.audit.get("summary"),
-        "parity": {k: rep.parity.get(k) for k in ("ok", "max_abs", "max_rel", "cosine_min", "how")},
+        "parity": {k: rep.parity.get(k) for k in ("ok", "max_abs", "max_rel", "cosine_min", "how", "batch_sizes", "tolerance")},
         "pruned_sites": rep.totals()["pruned_sites"],
         "sites": rep.totals()["sites"],
         "notes": list(rep.notes),

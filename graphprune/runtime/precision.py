@@ -11,7 +11,8 @@
   (:func:`upcast_onnx`: every float16/bfloat16 initializer, constant, Cast target and value type
   becomes float32; written beside the file, streamed tensor by tensor, deleted afterwards). Each
   upcast value is exact (float32 holds every float16 and bfloat16 value), so the copy computes the
-  same function in float32.
+  graph's function in float32 (its folded constants stay rounded to the file's dtype: parity uses
+  that dtype's tolerance).
 - :func:`upcast_in_place` gives the matching torch reference: the model's own parameters and
   buffers are turned into float32 for the reference forward and turned back afterwards (exact round
   trip; no second model in memory beyond the float32 weights themselves).
