@@ -36,10 +36,12 @@ from graphprune.config import CompileConfig, as_config
 from graphprune.errors import InputError, ValidationError
 from graphprune.io.staging import check_output_target, staged_output
 from graphprune.passes.base import PassContext, Stage, run_stages, stage
-from graphprune.passes.copy_model import copy_model
+from graphprune.passes.calibrate.stages import calibrate_permutes, data_stage, fidelity_stage, mask_stage
+from graphprune.passes.copy_model import CopyOptions, copy_model
 from graphprune.passes.cuda_artifact import require_cuda
 from graphprune.passes.export_onnx import ONNX_NAME
 from graphprune.passes.permute_channels import PermuteChannelsConfig
+from graphprune.plan import Plan
 from graphprune.report import CompileReport
 
 log = logging.getLogger("graphprune")
@@ -69,20 +71,51 @@ class CompileResult:
         return all(v.get("ok", True) for v in self.validation.values() if isinstance(v, dict))
 
 
-def compile_stages(config: CompileConfig, *, scripted: bool = False, progress: bool = False) -> list[Stage]:
-    """The named stages ``compile`` runs for ``config`` (``scripted``: a TorchScript model, which
-    cannot carry mask parametrizations: its masks are folded directly)."""
-    stages = [stage("copy")]
+def compile_stages(
+    config: CompileConfig,
+    *,
+    scripted: bool = False,
+    progress: bool = False,
+    calibration: Any = None,
+    evaluation: Any = None,
+    plan: Plan | None = None,
+    copy: bool = True,
+) -> list[Stage]:
+    """The named stages ``compile`` runs for ``config`` (module docstring).
+
+    ``scripted``: a TorchScript model, which cannot carry mask parametrizations (its masks are folded
+    directly). ``calibration`` / ``evaluation``: data sources or batches (the ``calibration-data`` stage
+    loads and checks them first); ``plan``: a training-side Plan applied instead of computing masks;
+    ``copy``: deep-copy the caller's model (False: it is handed over).
+    """
+    budget = config.max_drift is not None or config.min_cosine is not None
+    has_cal = calibration is not None
+    stages: list[Stage] = []
+    if has_cal or evaluation is not None or plan is not None or config.method is not None or budget:
+        stages.append(
+            data_stage(
+                calibration, evaluation, method=config.method, calib_batch=config.calib_batch,
+                max_drift=config.max_drift, min_cosine=config.min_cosine, plan=plan,
+            )
+        )
+    stages.append(stage("copy", CopyOptions(copy=copy)))
     if config.structured_patterns:
         stages.append(stage("structured"))
     stages += [stage("capture"), stage("find"), stage("decide")]
-    if config.permute:
-        opts = PermuteChannelsConfig(time_budget_s=config.permute_budget_s, progress=progress)
-        stages.append(stage("permute-channels", opts, label="permute"))
-    stages.append(stage("compute-masks", label="masks"))
+    permute = PermuteChannelsConfig(time_budget_s=config.permute_budget_s, progress=progress) if config.permute else None
+    in_calibrate = plan is None and calibrate_permutes(config, config.method, has_calibration=has_cal, budget=budget)
+    if permute is not None and not in_calibrate:
+        stages.append(stage("permute-channels", permute, label="permute"))
+    stages.append(
+        mask_stage(
+            config.method, has_calibration=has_cal, plan=plan, max_drift=config.max_drift, min_cosine=config.min_cosine,
+            permute=permute if in_calibrate else None,
+        )
+    )
     if not scripted:
         stages.append(stage("apply-masks", label="rewrite"))
     stages.append(stage("fold-masks", label="rewrite"))
+    stages.append(fidelity_stage())
     if config.export_onnx:
         stages += [stage("export"), stage("audit")]
         if config.validate:
@@ -95,14 +128,19 @@ def compile_stages(config: CompileConfig, *, scripted: bool = False, progress: b
     return stages
 
 
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+def _as_tuple(example_inputs: Any) -> Any:
+    """Positional inputs as a tuple; a dict of named inputs or an ``(args, kwargs)`` pair stays as given
+    (the ``copy`` stage binds it to the forward, :func:`graphprune.runtime.hf.prepare_inputs`)."""
     if isinstance(example_inputs, tuple):
         return example_inputs
     if isinstance(example_inputs, list):
         return tuple(example_inputs)
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    raise InputError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+    if isinstance(example_inputs, (torch.Tensor, Mapping)):
+        return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    raise InputError(
+        f"example_inputs must be a tensor, a tuple of positional inputs, a dict of named inputs or (args, kwargs), "
+        f"got {type(example_inputs).__name__}"
+    )
 
 
 def _context(model: nn.Module, example_inputs: Any, config: CompileConfig, model_name: str | None, **kw: Any) -> PassContext:
@@ -121,6 +159,10 @@ def compile(
     progress: bool = False,
     dump_dir: str | Path | None = None,
     model_name: str | None = None,
+    calibration: Any = None,
+    evaluation: Any = None,
+    plan: Plan | None = None,
+    copy: bool = True,
 ) -> CompileResult:
     """Prune ``model`` as ``config`` says, export ONNX and prove it.
 
@@ -129,7 +171,14 @@ def compile(
     ``pruned.pt2`` and ``report.json`` go, as a transaction (:mod:`graphprune.io.staging`: a failed run
     leaves the folder as it was); when None, a temporary folder that lives as long as the returned
     result (removed when the result is garbage-collected, or at once on failure). ``config``: a
-    CompileConfig or a dict of its fields (pattern strings such as ``"2:4"`` accepted). Raises
+    CompileConfig or a dict of its fields (pattern strings such as ``"2:4"`` accepted).
+    ``calibration``: data for calibrated masks (``config.method`` wanda / sparsegpt; sparsegpt is the
+    default when it is given): an iterable of batches (tuples of positional inputs) or a SOURCE string
+    (``package.module:callable``, ``.npz``, ``.safetensors``); ``evaluation``: data for the fidelity
+    figure (default: every 5th calibration batch held back, else the example inputs, a weak check the
+    report names); ``plan``: a training-side :class:`~graphprune.plan.Plan` applied instead of computing
+    masks; ``copy=False``: the model is handed over and mutated (one model's worth of memory less).
+    Raises
     ``ValidationError`` when a rewrite or the export does not compute what the pruned model
     computes; the report is still attached to the exception as ``.report``.
     """
@@ -145,7 +194,10 @@ def compile(
             ctx = _context(
                 model, example_inputs, config, model_name, progress=progress, dump_dir=Path(dump_dir) if dump_dir else None, output=out
             )
-            stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule), progress=progress)
+            stages = compile_stages(
+                config, scripted=isinstance(model, torch.jit.ScriptModule), progress=progress,
+                calibration=calibration, evaluation=evaluation, plan=plan, copy=copy,
+            )
             try:
                 work = run_stages(stages, model, ctx)
             except ValidationError as e:  # the model was pruned but failed a check: its report says where
@@ -183,7 +235,16 @@ def _validation(report: CompileReport) -> dict[str, Any]:
     return out
 
 
-def inspect_model(model: nn.Module, example_inputs: Any, config: CompileConfig | Mapping[str, Any] | None = None, *, model_name: str | None = None) -> CompileReport:
+def inspect_model(
+    model: nn.Module,
+    example_inputs: Any,
+    config: CompileConfig | Mapping[str, Any] | None = None,
+    *,
+    model_name: str | None = None,
+    calibration: Any = None,
+    evaluation: Any = None,
+    plan: Plan | None = None,
+) -> CompileReport:
     """Decide every site of ``model`` as ``compile`` would, and stop: no masks, no files.
 
     Runs :func:`compile_stages` up to and including ``decide`` (with structured patterns the copy is
@@ -192,7 +253,7 @@ def inspect_model(model: nn.Module, example_inputs: Any, config: CompileConfig |
     """
     config = as_config(config)
     ctx = _context(model, example_inputs, config, model_name)
-    stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule))
+    stages = compile_stages(config, scripted=isinstance(model, torch.jit.ScriptModule), calibration=calibration, evaluation=evaluation, plan=plan)
     upto = [s.name for s in stages].index("decide") + 1
     run_stages(stages[:upto], model, ctx)
     return ctx.report

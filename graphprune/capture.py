@@ -54,10 +54,18 @@ def capture(
     *,
     methods: tuple[MethodT, ...] = METHODS,
     example_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> Capture:
-    """Capture ``model`` (which the caller has already copied) with the first method that works."""
+    """Capture ``model`` (which the caller has already copied) with the first method that works.
+
+    ``progress``: a bar over the methods tried (torch.export of a 1B-parameter model takes tens of seconds).
+    """
+    from tqdm.auto import tqdm
+
     tried: list[dict[str, Any]] = []
-    for method in methods:
+    bar = tqdm(methods, desc="capture", unit="method", disable=not progress, leave=False)
+    for method in bar:
+        bar.set_postfix_str(method)
         t0 = time.perf_counter()
         try:
             cap = _CAPTURERS[method](model, example_inputs, example_kwargs or {})

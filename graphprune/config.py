@@ -206,6 +206,26 @@ PATTERN_TYPES: dict[str, type] = {
 }
 
 FormT = Literal["masked", "folded"]
+METHODS = ("magnitude", "wanda", "sparsegpt")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_dynamic_axes(value: Any, *, owner: str) -> dict[str, dict[int, str]]:
+    """``{input or output name: {axis: label}}`` (JSON's string axes accepted); ConfigError naming ``owner`` otherwise."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{owner}.dynamic_axes must map names to {{axis: label}}, got {value!r}")
+    axes: dict[str, dict[int, str]] = {}
+    for name, dims in value.items():
+        if not isinstance(name, str) or not isinstance(dims, Mapping):
+            raise ConfigError(f"{owner}.dynamic_axes must map input names to {{axis: label}}, got {name!r}: {dims!r}")
+        out: dict[int, str] = {}
+        for ax, label in dims.items():
+            a = int(ax) if isinstance(ax, str) and ax.isdigit() else ax
+            if isinstance(a, bool) or not isinstance(a, int) or a < 0 or not isinstance(label, str) or not label:
+                raise ConfigError(f"{owner}.dynamic_axes[{name!r}] must map axis (int >= 0) to a label, got {ax!r}: {label!r}")
+            out[a] = label
+        axes[name] = out
+    return axes
 OP_TYPES = ("linear", "conv", "conv_transpose", "hf_conv1d", "matmul", "mha")
 # torch.onnx's dynamo exporter implements opset 18 and up (lower versions are silently exported as 18)
 MIN_OPSET = 18
@@ -237,6 +257,17 @@ class CompileConfig:
     dense function is unchanged); ``permute_budget_s`` is the search time per channel group.
     ``export_onnx`` / ``validate``: export ONNX / check it with onnxruntime (booleans).
     ``opset``: ONNX opset (an int from ``MIN_OPSET`` to :func:`max_opset`), or None for the exporter's.
+    ``method``: how N:M / unstructured masks are chosen: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``
+    (calibrated: they need calibration data, ``compile(..., calibration=...)`` / ``--calib``); None:
+    ``sparsegpt`` when calibration data are given, else ``magnitude``. ``calib_batch``: samples per batch
+    when a calibration/evaluation FILE is batched. ``max_drift`` / ``min_cosine``: an accuracy budget (at
+    most one): layers are left dense, most sensitive first, until the pruned model's mean cosine to the
+    dense one on the evaluation data is >= 1 - max_drift (or >= min_cosine); both in (0, 1).
+    ``dtype``: cast graphprune's copy (and the floating example inputs) to ``"float32"``, ``"float16"`` or
+    ``"bfloat16"`` before anything runs (None: the model's own); the ONNX keeps that dtype.
+    ``dynamic_batch``: axis 0 of every input (and output) is dynamic in the ONNX and the pt2 where the
+    model allows; ``dynamic_axes``: more, ``{"input_ids": {1: "sequence"}}``; ``input_names``: names for
+    the positional example inputs (default: the forward's parameter names).
     ``target``: ``"onnx"`` (the ONNX and the pt2) or ``"cuda"``: also the loadable 2:4 CUDA artifact (the
     folder ``cuda/``, loaded with ``graphprune.load(folder / "cuda", constructor, device="cuda")``), whose
     layers are decided by measurement on this machine's GPU in ``cuda_mode`` (``"graph"``: CUDA-graph
@@ -261,6 +292,14 @@ class CompileConfig:
     export_onnx: bool = True
     validate: bool = True
     opset: int | None = None
+    method: Literal["magnitude", "wanda", "sparsegpt"] | None = None
+    calib_batch: int = 8
+    max_drift: float | None = None
+    min_cosine: float | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    dynamic_batch: bool = True
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    input_names: tuple[str, ...] | None = None
     target: Literal["onnx", "cuda"] = "onnx"
     cuda_dtype: Literal["float16", "bfloat16"] = "float16"
     cuda_mode: Literal["graph", "eager"] = "graph"
@@ -302,6 +341,27 @@ class CompileConfig:
                     f"(the ONNX exporter implements opset {MIN_OPSET} and up; the installed onnx knows up to {max_opset()})"
                 )
 
+        if self.method is not None:
+            _check_choice("method", self.method, METHODS, owner="CompileConfig")
+        c = self.calib_batch
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f"CompileConfig.calib_batch must be an int >= 1 (samples per batch), got {c!r}")
+        for name in ("max_drift", "min_cosine"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1):
+                raise ConfigError(f"CompileConfig.{name} must be a number in (0, 1), got {v!r}")
+        if self.max_drift is not None and self.min_cosine is not None:
+            raise ConfigError("CompileConfig: give one accuracy budget, max_drift or min_cosine, not both")
+        if self.dtype is not None:
+            _check_choice("dtype", self.dtype, DTYPES, owner="CompileConfig")
+        if not isinstance(self.dynamic_batch, bool):
+            raise ConfigError(f"CompileConfig.dynamic_batch must be true or false, got {self.dynamic_batch!r}")
+        object.__setattr__(self, "dynamic_axes", check_dynamic_axes(self.dynamic_axes, owner="CompileConfig"))
+        if self.input_names is not None:
+            names = (self.input_names,) if isinstance(self.input_names, str) else self.input_names
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"CompileConfig.input_names must be a list of names, got {self.input_names!r}")
+            object.__setattr__(self, "input_names", tuple(names))
         _check_choice("target", self.target, ("onnx", "cuda"), owner="CompileConfig")
         _check_choice("cuda_dtype", self.cuda_dtype, ("float16", "bfloat16"), owner="CompileConfig")
         _check_choice("cuda_mode", self.cuda_mode, ("graph", "eager"), owner="CompileConfig")
@@ -355,6 +415,14 @@ class CompileConfig:
             "export_onnx": self.export_onnx,
             "validate": self.validate,
             "opset": self.opset,
+            "method": self.method,
+            "calib_batch": self.calib_batch,
+            "max_drift": self.max_drift,
+            "min_cosine": self.min_cosine,
+            "dtype": self.dtype,
+            "dynamic_batch": self.dynamic_batch,
+            "dynamic_axes": {k: {str(a): v for a, v in d.items()} for k, d in self.dynamic_axes.items()},
+            "input_names": list(self.input_names) if self.input_names is not None else None,
             "target": self.target,
             "cuda_dtype": self.cuda_dtype,
             "cuda_mode": self.cuda_mode,

@@ -11,6 +11,13 @@ Tags say what a model exercises:
     ship in an installed package), large (reference sizes for benchmarks; not for quick tests), text,
     vision.
 
+`STOCK` holds models as users write them (issue 11): transformers classes built from their stock
+configs with only the sizes made small (so `use_cache=True`, SDPA attention, default vocabularies),
+a TorchScript CNN and a bfloat16 Llama. Their example inputs are what a user passes: a dict of named
+inputs (`model(**inputs)`) or a tuple; T5 gets no decoder inputs (graphprune builds them). They are
+not in `MODELS` (whose entries promise a positional tuple and a plain `torch.export`); `build` and
+`get` find them too.
+
 transformers is imported lazily, only by the builders that need it. Nothing here downloads anything.
 """
 
@@ -29,6 +36,7 @@ from torch import nn
 
 __all__ = [
     "MODELS",
+    "STOCK",
     "ModelSpec",
     "attention_block",
     "bert_base",
@@ -59,10 +67,16 @@ __all__ = [
     "names",
     "residual_cnn",
     "resnet50",
+    "stock_gpt2_lm",
+    "stock_llama_bf16",
+    "stock_llama_lm",
+    "stock_swin",
+    "stock_t5",
     "tied_weights",
+    "torchscript_conv_bn",
 ]
 
-Built = tuple[nn.Module, tuple[Any, ...]]
+Built = tuple[nn.Module, Any]  # (model, example inputs): a tuple of positional inputs (MODELS) or, in STOCK, a dict
 SEED = 0
 
 
@@ -643,6 +657,73 @@ def bert_large() -> Built:
     return BertModel(config), _token_inputs(config.vocab_size, batch=1, seq=128)
 
 
+# --------------------------------------------------------------------------- stock configs (issue 11)
+_STOCK_TEXT = {"batch": 2, "seq": 16}
+
+
+def _named_token_inputs(vocab_size: int) -> dict[str, torch.Tensor]:
+    ids, mask = _token_inputs(vocab_size, batch=_STOCK_TEXT["batch"], seq=_STOCK_TEXT["seq"])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@_seeded_builder
+def stock_gpt2_lm() -> Built:
+    """Stock GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4)): use_cache=True, vocab 50257, tied head; named inputs."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4)
+    return GPT2LMHeadModel(config), _named_token_inputs(config.vocab_size)
+
+
+def _stock_llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    return LlamaForCausalLM(config)
+
+
+@_seeded_builder
+def stock_llama_lm() -> Built:
+    """Stock LlamaForCausalLM (hidden 64, 2 layers, 4 heads / 2 KV heads, FFN 128; vocab 32000, use_cache=True, SDPA)."""
+    model = _stock_llama()
+    return model, _named_token_inputs(model.config.vocab_size)
+
+
+@_seeded_builder
+def stock_llama_bf16() -> Built:
+    """stock_llama_lm in bfloat16 (parameters and buffers), as `from_pretrained(torch_dtype=torch.bfloat16)` gives."""
+    model = _stock_llama().to(torch.bfloat16)
+    return model, _named_token_inputs(model.config.vocab_size)
+
+
+@_seeded_builder
+def stock_t5() -> Built:
+    """Stock T5Model (d_model 64, 2+2 layers, 4 heads, d_ff 128; vocab 32128, use_cache=True); encoder inputs only."""
+    from transformers import T5Config, T5Model
+
+    config = T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+    return T5Model(config), _named_token_inputs(config.vocab_size)
+
+
+@_seeded_builder
+def stock_swin() -> Built:
+    """Stock SwinModel (32x32 image, patch 4, window 4, embed 32, depths 2/2, heads 2/4; SDPA attention)."""
+    from transformers import SwinConfig, SwinModel
+
+    config = SwinConfig(image_size=32, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4)
+    return SwinModel(config), (_image(32),)
+
+
+@_seeded_builder
+def torchscript_conv_bn() -> Built:
+    """conv_bn scripted with torch.jit.script (Conv->BN->ReLU x3, BN with non-trivial statistics); 1x3x32x32."""
+    model = _ConvBN()
+    _randomize_bn(model)
+    return torch.jit.script(model.eval()), (torch.randn(1, 3, 32, 32),)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -682,6 +763,19 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+STOCK: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(stock_gpt2_lm, "hf", "attention", "text", "conv1d", "tied"),
+        _spec(stock_llama_lm, "hf", "attention", "text", "gqa", "rmsnorm"),
+        _spec(stock_llama_bf16, "hf", "attention", "text", "gqa", "rmsnorm"),
+        _spec(stock_t5, "hf", "attention", "text"),
+        _spec(stock_swin, "hf", "attention", "vision"),
+        _spec(torchscript_conv_bn, "cnn"),
+    )
+}
+
+
 def names(
     *, exclude: frozenset[str] | set[str] = frozenset(), include: frozenset[str] | set[str] = frozenset()
 ) -> list[str]:
@@ -690,11 +784,11 @@ def names(
 
 
 def get(name: str) -> ModelSpec:
-    """The spec called `name`; KeyError naming every registered model otherwise."""
+    """The spec called `name` (in MODELS or STOCK); KeyError naming every registered model otherwise."""
     try:
-        return MODELS[name]
+        return MODELS[name] if name in MODELS else STOCK[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join([*MODELS, *STOCK])}") from None
 
 
 def build(name: str) -> Built:

@@ -68,7 +68,7 @@ def test_inspect_is_the_compile_stage_list_stopped_after_decide():
     config = CompileConfig(pattern=parse_pattern("heads:0.5,2:4"), permute=True)
     names = [s.name for s in compile_stages(config)]
     assert names[: names.index("decide") + 1] == ["copy", "structured", "capture", "find", "decide"]
-    assert names[names.index("decide") + 1 :] == ["permute", "masks", "rewrite", "rewrite", "export", "audit", "parity", "save"]
+    assert names[names.index("decide") + 1 :] == ["permute", "masks", "rewrite", "rewrite", "fidelity", "export", "audit", "parity", "save"]
 
 
 def test_inspect_leaves_the_callers_model_alone():

@@ -52,9 +52,9 @@ def capture_stage(module: nn.Module, options: None, ctx: PassContext) -> PassRes
             f"{name} fails on the given example inputs ({type(e).__name__}: {first}); "
             "pass inputs of the shapes and dtypes its forward expects (CLI: --input-shape)"
         ) from e
-    cap = capture(module, ctx.example_inputs)
+    cap = capture(module, ctx.example_inputs, progress=ctx.progress)
     ctx.capture = cap
-    ctx.report.capture = cap.record()
+    ctx.report.capture.update(cap.record())
     if cap.method == "walk" and ctx.config.structured_patterns:
         ctx.report.notes.append("structured pruning needs a graph; the module walk found none")
     return PassResult(module, modified=False, report=CaptureStageReport(cap.method))

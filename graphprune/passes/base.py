@@ -27,6 +27,7 @@ stage as ``error.stage`` and as a note.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from graphprune.config import CompileConfig, ElementPattern
 from graphprune.errors import GraphPruneError, PassError
 from graphprune.io.staging import StagedOutput
 from graphprune.report import CompileReport, Decision, PassRecord
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MUTATIONS",
@@ -150,11 +153,13 @@ class Stage:
 
 
 def stage(name: str, options: Any = None, *, label: str = "") -> Stage:
-    """The registered pass ``name`` bound to ``options`` (checked against the pass's options type),
-    as the pipeline step ``label`` (default: the pass name)."""
+    """The registered pass ``name`` bound to ``options`` (checked against the pass's options type; None:
+    its default options), as the pipeline step ``label`` (default: the pass name)."""
     spec = PASSES.get(name)
     if spec is None:
         raise KeyError(f"no pass named {name!r}; registered: {sorted(PASSES)}")
+    if spec.options is not None and options is None:
+        options = spec.options()  # the pass's default options
     if spec.options is not None and not isinstance(options, spec.options):
         raise TypeError(f"pass {name!r} takes options of type {spec.options.__name__}, got {type(options).__name__}")
     if spec.options is None and options is not None:
@@ -241,6 +246,7 @@ def run_pass(st: Stage, module: nn.Module, ctx: PassContext) -> nn.Module:
     if spec.mutates:
         _dump(ctx, index, f"{spec.name}-before", _module_text(module))
     before = _fingerprint(module)
+    log.info("%s ...", st.name)  # stage progress: the CLI shows it on stderr, benchmarks key memory peaks on it
     t0 = time.perf_counter()
     try:
         result = spec.fn(module, st.options, ctx)

@@ -1,7 +1,8 @@
 """Stage ``fidelity``: how far pruning moved the model from the dense one (not ONNX parity).
 
-Runs after the rewrite (the folded module). The caller's dense model is ``ctx.original`` (kept by
-the ``copy`` stage, run in eval mode and never changed); the evaluation batches are the
+Runs after the rewrite (the folded module). The dense reference is the outputs the ``copy`` stage
+recorded on the evaluation batches from graphprune's prepared copy before anything was pruned
+(:func:`record_dense_outputs`: same inputs, cache setting and dtype as the pruned model); the evaluation batches are the
 ``calibration-data`` stage's (``ctx.artifacts["calibration"]``: ``--eval`` data, else calibration
 batches held back, else the example inputs with a note that this is a weak check). Per output mean /
 min cosine, relative L2 and top-1 agreement for logits (:func:`graphprune.runtime.fidelity.measure_fidelity`),
@@ -40,24 +41,63 @@ class FidelityOptions:
     logits: tuple[str | int, ...] = ()
 
 
-@register_pass("fidelity", options=FidelityOptions)
-def fidelity_stage(module: nn.Module, options: FidelityOptions, ctx: PassContext) -> PassResult:
-    """Measure the pruned model against the caller's dense model on evaluation inputs (fidelity, not parity)."""
-    from graphprune.runtime.fidelity import measure_fidelity
-
-    dense = ctx.original if ctx.original is not None else module
+def evaluation_batches(ctx: PassContext) -> tuple[list[tuple[Any, ...]], str, list[str]]:
+    """The evaluation batches, where they came from, and the notes (see the module docstring)."""
     data: Any = ctx.artifacts.get("calibration")
     if data is not None:
-        batches, source, notes = list(data.evaluation), data.eval_source, list(data.notes)
+        return list(data.evaluation), data.eval_source, list(data.notes)
+    return [tuple(ctx.example_inputs)], "example inputs", [_WEAK]
+
+
+def record_dense_outputs(module: nn.Module, ctx: PassContext) -> None:
+    """Run the dense, prepared copy on the evaluation batches before anything is pruned and keep its
+    outputs (``ctx.artifacts["dense_outputs"]``): the reference ``fidelity`` compares with, valid whether
+    the caller's model was copied or handed over, and computed with the same inputs, cache setting and
+    dtype as the pruned model."""
+    import torch
+
+    batches, _, _ = evaluation_batches(ctx)
+    outs = []
+    with eval_mode(module), torch.no_grad():
+        for b in batches:
+            outs.append(_detach(module(*b)))
+    ctx.artifacts["dense_outputs"] = outs
+
+
+def _detach(tree: Any) -> Any:
+    import torch.utils._pytree as pytree
+
+    return pytree.tree_map(lambda x: x.detach().clone() if hasattr(x, "detach") else x, tree)
+
+
+class _Replay:
+    """The dense model's recorded outputs, returned batch after batch in order."""
+
+    def __init__(self, outputs: list[Any]) -> None:
+        self._outputs = iter(outputs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return next(self._outputs)
+
+
+@register_pass("fidelity", options=FidelityOptions)
+def fidelity_stage(module: nn.Module, options: FidelityOptions, ctx: PassContext) -> PassResult:
+    """Measure the pruned model against the dense model on evaluation inputs (fidelity, not parity)."""
+    from graphprune.runtime.fidelity import measure_fidelity
+
+    batches, source, notes = evaluation_batches(ctx)
+    recorded = ctx.artifacts.get("dense_outputs")
+    if recorded is not None and len(recorded) == len(batches):
+        dense: Any = _Replay(recorded)
     else:
-        batches, source, notes = [tuple(ctx.example_inputs)], "example inputs", [_WEAK]
-    if ctx.original is None:
-        notes.append("no dense reference (the copy stage did not run): the model was compared with itself")
+        dense = ctx.original if ctx.original is not None else module
+        if ctx.original is None:
+            notes.append("no dense reference (the copy stage did not run): the model was compared with itself")
     layers: list[LayerError] = []
     for rec in ctx.report.passes:
         if rec.name in ("calibrate", "accuracy-budget"):
             layers = layer_errors(rec.details)
-    with eval_mode(dense):
+    with eval_mode(module):
         fid = measure_fidelity(dense, module, batches, source=source, logits=options.logits, notes=notes, layers=layers)
     ctx.artifacts["fidelity"] = fid
     return PassResult(module, modified=False, report=fid)

@@ -11,7 +11,8 @@ form); the outputs must match under the one tolerance policy
 parametrized (TorchScript) has no masked form to compare with, and the report says so.
 
 Post: no WeightMask remains; every pruned weight has exact zeros where its mask is False; the folded
-outputs are left in ``ctx.artifacts["reference_outputs"]`` for the export's parity check.
+outputs are left in ``ctx.artifacts["reference_outputs"]``. For the folded form the masks are freed
+(the zeros are in the weights; on a 1B model the bool masks are a gigabyte).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def fold_masks(module: nn.Module, options: None, ctx: PassContext) -> PassResult
         if not cmp.ok:
             raise ValidationError(f"folded model differs from the masked model: {cmp.summary()}")
     ctx.artifacts["reference_outputs"] = folded_out
+    if ctx.config.form == "folded" and ctx.config.target != "cuda":
+        ctx.masks.clear()  # the zeros are in the weights now: free the bool masks (1 byte per weight)
     return PassResult(module, modified=folded > 0, report=FoldReport(folded, stats))
 
 

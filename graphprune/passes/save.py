@@ -52,14 +52,17 @@ def save_stage(module: nn.Module, options: None, ctx: PassContext) -> PassResult
         ctx.report.outputs["delta"] = delta_path
         ctx.report.outputs["weights"] = str(out.final(WEIGHTS_FILE))
     why = ""
+    rec = ctx.artifacts.get("export")
+    ep = getattr(rec, "exported_program", None)  # the export stage's program of this very (folded) model, dynamic batch
     if isinstance(module, torch.jit.ScriptModule):
         why = "a TorchScript module cannot be re-exported with torch.export"
-    else:
+    elif ep is None:
         try:
             ep = torch.export.export(module, ctx.example_inputs, strict=False)
         except Exception as e:
             why = f"torch.export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if why:
+    if why or ep is None:
+        why = why or "no program to save"
         log.warning("pruned.pt2 not written: %s", why)
         ctx.report.notes.append(f"pruned.pt2 not written: {why[:300]}")
         return PassResult(module, modified=False, report=SaveReport(None, why, delta_path))

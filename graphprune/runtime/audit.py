@@ -18,6 +18,15 @@ The weight may reach the node through ``Identity``, ``Cast``, ``CastLike`` and `
 (never through ``Reshape``-like ops, which do not preserve axes). The K axis is mapped back to the
 stored tensor through each Transpose: output axis ``i`` of a Transpose is input axis ``perm[i]``.
 Weights stored as initializers and as ``Constant`` nodes (``value`` attribute) are both found.
+
+Bounded memory: :func:`audit_onnx` loads the graph without its external data and reads each weight
+from disk on its own (:func:`graphprune.runtime.external_data.tensor_array`), so auditing a model of
+many GB holds one weight at a time; ``onnx.checker`` runs on the path.
+
+:func:`audit_compiled` is the compile pipeline's audit: every pruned parameter must be found in the
+ONNX (through :attr:`~graphprune.runtime.export.ExportRecord.initializer_sources`, which maps
+initializers to parameters by value, not by name: BatchNorm folding, constant folding and renaming
+such as ``onnx::Conv_60`` or ``val_9`` change names) with its own pattern intact.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from __future__ import annotations
 import ast
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +44,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from graphprune.config import ElementPattern, SemiStructured
 from graphprune.errors import ConfigError, InputError
+from graphprune.runtime.external_data import check_external_data, is_external, tensor_array
 from graphprune.sparsity import check_nm
 
 __all__ = [
@@ -44,6 +55,7 @@ __all__ = [
     "AuditReport",
     "WeightUse",
     "as_float_tensor",
+    "audit_compiled",
     "audit_onnx",
     "find_weight_uses",
     "load_onnx_checked",
@@ -61,10 +73,15 @@ _FLOAT_TYPES = {
 
 
 # ---- loading ----------------------------------------------------------------------------------
-def load_onnx_checked(model_or_path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def load_onnx_checked(
+    model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, load_external_data: bool = True
+) -> tuple[onnx.ModelProto, str]:
     """Load an ONNX model and run ``onnx.checker`` on it; returns ``(model, label)``.
 
-    Raises :class:`InputError` naming the file when it is missing, unreadable or fails the checker.
+    ``load_external_data=False`` leaves external tensors on disk (read them with
+    :func:`onnx_weight_array` and the file's folder); the data files are still checked to exist and
+    be long enough. Raises :class:`InputError` naming the file when it (or one of its external data
+    files) is missing, unreadable or fails the checker.
     """
     if isinstance(model_or_path, onnx.ModelProto):
         label = "<in-memory ONNX model>"
@@ -78,18 +95,32 @@ def load_onnx_checked(model_or_path: str | os.PathLike[str] | onnx.ModelProto) -
     if not path.is_file():
         raise InputError(f"ONNX file {path} does not exist (or is not a file)")
     try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputError(
+            f"ONNX file {path} fails onnx.checker ({type(e).__name__}): it cannot be parsed: {str(e).splitlines()[0] if str(e) else e}"
+        ) from e
+    check_external_data(model, path.parent, label=str(path))
+    try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # checker raises ValidationError, or protobuf/IO errors on garbage
-        raise InputError(f"ONNX file {path} fails onnx.checker ({type(e).__name__}): {e}") from e
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:
-        raise InputError(f"ONNX file {path} cannot be loaded: {e}") from e
+        raise InputError(f"ONNX file {path} fails onnx.checker ({type(e).__name__}): {str(e).splitlines()[0] if str(e) else e}") from e
+    if load_external_data and any(is_external(t) for t in model.graph.initializer):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as e:
+            raise InputError(f"external data of ONNX file {path} cannot be read: {e}") from e
     return model, label
 
 
-def onnx_weight_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """A TensorProto as numpy (bfloat16 comes back as ``ml_dtypes.bfloat16`` where onnx provides it)."""
+def onnx_weight_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """A TensorProto as numpy (bfloat16 comes back as ``ml_dtypes.bfloat16``).
+
+    External tensors are read from their data file in ``base_dir`` (never through ``to_array`` on an
+    unloaded tensor); :class:`InputError` names a missing file.
+    """
+    if is_external(tensor):
+        return tensor_array(tensor, base_dir)
     return np.asarray(numpy_helper.to_array(tensor))
 
 
@@ -339,10 +370,10 @@ class AuditReport:
         }
 
 
-def _audit_use(use: WeightUse, n: int | None, m: int | None) -> AuditLayer:
+def _audit_use(use: WeightUse, n: int | None, m: int | None, base_dir: Path | None = None) -> AuditLayer:
     if use.tensor is None:
         raise ValueError(f"weight use {use.node} carries no tensor (not made by find_weight_uses)")
-    arr = onnx_weight_array(use.tensor)
+    arr = onnx_weight_array(use.tensor, base_dir)
     numel = int(arr.size)
     zeros = int(numel - np.count_nonzero(arr))
     layer = AuditLayer(
@@ -382,6 +413,7 @@ def audit_onnx(
     n: int | None = None,
     m: int | None = None,
     expect: Collection[str] | None = None,
+    progress: bool = False,
 ) -> AuditReport:
     """Audit every MatMul/Gemm/Conv/ConvTranspose weight of an ONNX model.
 
@@ -389,14 +421,22 @@ def audit_onnx(
     With ``n`` and ``m``, each weight is checked for N:M along its TensorRT K axis. ``ok`` then
     means: every *expected* weight holds N:M, where ``expect`` names initializers (or nodes) that
     must hold it; by default every weight whose K is divisible by ``m`` is expected. Without
-    ``n``/``m`` the report only lists weights and sparsity (``ok`` is True).
+    ``n``/``m`` the report only lists weights and sparsity (``ok`` is True). Weights are read one at a
+    time (external data straight from disk); ``progress`` shows a bar over them.
     """
     if (n is None) != (m is None):
         raise ConfigError(f"audit_onnx needs both n and m (or neither), got n={n!r}, m={m!r}")
     if n is not None and m is not None and not (0 < n < m):
         raise ConfigError(f"audit_onnx: N:M pattern {n}:{m} is invalid: need 0 < N < M")
-    model, label = load_onnx_checked(model_or_path)
-    layers = [_audit_use(u, n, m) for u in find_weight_uses(model)]
+    from tqdm.auto import tqdm
+
+    model, label = load_onnx_checked(model_or_path, load_external_data=False)
+    base_dir = None if isinstance(model_or_path, onnx.ModelProto) else Path(model_or_path).parent
+    uses = find_weight_uses(model)
+    layers = [
+        _audit_use(u, n, m, base_dir)
+        for u in tqdm(uses, desc="audit", unit="weight", disable=not progress, leave=False)
+    ]
     missing: list[str] = []
     ok = True
     if n is not None and m is not None:
@@ -408,3 +448,70 @@ def audit_onnx(
             missing = sorted(wanted - found)
             ok = not missing and all(x.nm_ok for x in layers if x.initializer in wanted or x.node in wanted)
     return AuditReport(ok=ok, layers=layers, n=n, m=m, source=label, missing=missing)
+
+
+def audit_compiled(
+    onnx_path: str | os.PathLike[str],
+    patterns: Mapping[str, ElementPattern],
+    min_zeros: Mapping[str, int],
+    sources: Mapping[str, Mapping[str, Any]],
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Audit a compiled ONNX: every pruned parameter must be found there with its own pattern intact.
+
+    ``patterns``: parameter fqn -> the pattern it was pruned with; ``min_zeros``: zeros each must keep
+    at least (unstructured patterns); ``sources``: initializer -> ``{"param", "aliases"?, ...}`` (the
+    export record's value mapping: no parameter is looked up by name). Each distinct N:M pattern is
+    checked on its own initializers, in one streaming pass over the file per pattern.
+    """
+    param_to_init: dict[str, str] = {}
+    for init, info in sources.items():
+        for p in [info.get("param"), *info.get("aliases", ())]:
+            if p:
+                param_to_init.setdefault(str(p), init)
+    by_pattern: dict[tuple[int, int] | None, list[str]] = {}
+    for name, pat in patterns.items():
+        key = (pat.n, pat.m) if isinstance(pat, SemiStructured) else None
+        by_pattern.setdefault(key, []).append(name)
+    reports: dict[tuple[int, int] | None, AuditReport] = {}
+    for key, names in by_pattern.items():
+        if key is None:
+            continue
+        present = [param_to_init[n] for n in names if n in param_to_init]
+        reports[key] = audit_onnx(onnx_path, n=key[0], m=key[1], expect=present, progress=progress)
+    base = next(iter(reports.values())) if reports else audit_onnx(onnx_path, progress=progress)
+    layers = {layer.initializer: layer for layer in base.layers}
+    not_found = sorted(n for n in patterns if param_to_init.get(n) not in layers)
+    violations: list[str] = []
+    checked = 0
+    for key, names in by_pattern.items():
+        present = [n for n in names if param_to_init.get(n) in layers]
+        if key is None:
+            for n in present:
+                checked += 1
+                if layers[param_to_init[n]].zeros < int(min_zeros.get(n, 0)):
+                    violations.append(n)
+            continue
+        nm_ok = {layer.initializer: layer.nm_ok for layer in reports[key].layers}
+        for n in present:
+            checked += 1
+            if not nm_ok.get(param_to_init[n], False):
+                violations.append(n)
+    ok = not violations and not not_found
+    pats = ", ".join(sorted({str(p) for p in patterns.values()})) or "none"
+    summary = (
+        f"{len(layers)} weights in the ONNX; {checked}/{len(patterns)} pruned layers found; "
+        f"pattern ({pats}) holds on the TensorRT axis for {checked - len(violations)}/{checked}"
+        + (f"; violations in {violations[:5]}" if violations else "")
+        + (f"; not found: {not_found[:5]}" if not_found else "")
+    )
+    return {
+        "ok": ok,
+        "summary": summary,
+        "matched": checked,
+        "violations": violations,
+        "not_found": not_found,
+        "initializer_of": param_to_init,
+        "layers": [layer.to_dict() for layer in base.layers],
+    }

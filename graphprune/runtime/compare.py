@@ -39,7 +39,7 @@ and non-array leaves (Python numbers, strings) are dropped, as the exporter drop
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ __all__ = [
     "assert_close",
     "compare_outputs",
     "flatten_outputs",
+    "merge_parity",
     "tolerance_for",
 ]
 
@@ -144,11 +145,15 @@ class ParityStats:
     tolerance: Tolerance
     name: str = ""
     message: str = ""
+    how: str = ""  # what was compared with what (runtime, dtype of each side)
+    batch_sizes: list[int] = field(default_factory=list)  # batch sizes checked (parity at several sizes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "name": self.name,
+            "how": self.how,
+            "batch_sizes": list(self.batch_sizes),
             "max_abs": self.max_abs,
             "max_rel": self.max_rel,
             "mean_abs": self.mean_abs,
@@ -162,8 +167,9 @@ class ParityStats:
     def summary(self) -> str:
         what = f"{self.name}: " if self.name else ""
         verdict = "ok" if self.ok else "MISMATCH"
+        batches = f" at batch {', '.join(map(str, self.batch_sizes))}" if self.batch_sizes else ""
         text = (
-            f"{what}parity {verdict} over {self.n_outputs} output(s): max_abs {self.max_abs:.3g}, "
+            f"{what}parity {verdict} over {self.n_outputs} output(s){batches}: max_abs {self.max_abs:.3g}, "
             f"max_rel {self.max_rel:.3g}, mean_abs {self.mean_abs:.3g}, cosine_min {self.cosine_min:.6f} "
             f"(rtol {self.tolerance.rtol:g}, atol {self.tolerance.atol:g} x scale)"
         )
@@ -310,3 +316,28 @@ def assert_close(reference: Any, candidate: Any, *, dtype: Any = None, name: str
         raise ValidationError(stats.summary())
     return stats
 
+
+
+def merge_parity(stats: list[ParityStats], *, name: str = "", how: str = "", batch_sizes: list[int] | None = None) -> ParityStats:
+    """One record for several comparisons of the same outputs (e.g. at two batch sizes): ok when all are;
+    worst statistics; ``per_output`` of all of them in order."""
+    if not stats:
+        raise ValueError("merge_parity needs at least one ParityStats")
+    if len(stats) == 1 and not how and batch_sizes is None:
+        return stats[0]
+    per = [o for s in stats for o in s.per_output]
+    total = sum(o.numel for o in per)
+    return ParityStats(
+        ok=all(s.ok for s in stats),
+        max_abs=max(s.max_abs for s in stats),
+        max_rel=max(s.max_rel for s in stats),
+        mean_abs=float(sum(o.mean_abs * o.numel for o in per) / total) if total else 0.0,
+        cosine_min=min(s.cosine_min for s in stats),
+        n_outputs=stats[0].n_outputs,
+        per_output=per,
+        tolerance=max((s.tolerance for s in stats), key=lambda t: (t.rtol, t.atol)),
+        name=name or stats[0].name,
+        message="; ".join(s.message for s in stats if s.message),
+        how=how,
+        batch_sizes=list(batch_sizes or []),
+    )

@@ -9,6 +9,18 @@ Initializer overrides: ``initializers={name: array}`` replaces stored weights fo
 ``SessionOptions.add_initializer`` (the file is not touched). This is how a file pruned in place is
 compared with its dense original under the same masks.
 
+Parity (:func:`check_parity`) holds at most one session and never the ONNX bytes: the torch
+references are computed first, then one session is created from the path (onnxruntime maps external
+data from disk), run at every batch size, and released. Where onnxruntime's CPU provider cannot run
+the file's dtype (bfloat16, float16), the session runs a float32 copy of the graph
+(:func:`graphprune.runtime.precision.upcast_onnx`, written beside the file and deleted afterwards)
+against the torch model upcast to float32 in place. Both sides then compute in float32 on the same
+weights, but constants the exporter folded into the graph (rotary cos/sin tables, attention-mask
+fill values) were folded in the model's dtype and are stored rounded to it; so the tolerance is the
+file dtype's (a 300M-parameter bfloat16 Llama differs by max_rel 3e-4 from the float32 reference,
+outside float32's 1e-4 and well inside bfloat16's 3e-2). The record's ``how``
+says which comparison was made.
+
 onnxruntime quirk (1.32, found here): the layout optimizations of ``ORT_ENABLE_ALL`` (the NCHWc
 transformer, which reorders Conv weights for MLAS) read Conv weights from the model file and
 silently IGNORE ``add_initializer`` overrides: a Conv 8->16 channels ran with its stored weight. A
@@ -17,7 +29,10 @@ session with overrides therefore runs at ``ORT_ENABLE_EXTENDED`` at most, where 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +42,10 @@ import onnx
 import torch
 
 from graphprune.errors import ConfigError, DependencyError, InputError, UnsupportedModelError
-from graphprune.runtime.compare import ParityStats, compare_outputs, flatten_outputs
+from graphprune.runtime.compare import ParityStats, compare_outputs, flatten_outputs, merge_parity
+from graphprune.runtime.external_data import check_external_data
 
-__all__ = ["check_parity", "ort_session", "random_inputs", "run_onnx"]
+__all__ = ["check_parity", "ort_session", "parity_batches", "random_inputs", "resize_batch", "run_onnx"]
 
 PathLike = str | os.PathLike[str]
 OptLevel = Literal["disable", "basic", "extended", "all"]
@@ -69,6 +85,14 @@ def _ort() -> Any:
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise InputError(f"ONNX file {path} does not exist (or is not a file)")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputError(
+            f"ONNX file {path} fails onnx.checker ({type(e).__name__}): it cannot be parsed: {str(e).splitlines()[0] if str(e) else e}"
+        ) from e
+    check_external_data(proto, path.parent, label=str(path))
+    del proto
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:
@@ -141,7 +165,7 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu()
         if t.dtype == torch.bfloat16:
-            raise ConfigError("bfloat16 tensors cannot be fed to onnxruntime from numpy; cast to float32 first")
+            t = t.float()  # exact; numpy has no bfloat16 (the session's input type decides the final cast)
         return t.numpy()
     return np.asarray(x)
 
@@ -235,6 +259,52 @@ def random_inputs(model_or_path: PathLike | onnx.ModelProto, *, seed: int = 0) -
     return out
 
 
+def _batch(args: tuple[Any, ...]) -> int | None:
+    return next((int(a.shape[0]) for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+
+
+def resize_batch(args: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
+    """The example inputs at another batch size: row ``i`` is example row ``i % B`` (B = the example batch).
+
+    Only tensors whose axis 0 is the example batch change; the rows stay valid inputs (real token ids,
+    consistent masks).
+    """
+    b0 = _batch(args)
+    if b0 is None:
+        return args
+    idx = torch.arange(batch) % b0
+    return tuple(
+        a.index_select(0, idx) if isinstance(a, torch.Tensor) and a.dim() > 0 and int(a.shape[0]) == b0 else a
+        for a in args
+    )
+
+
+def _dynamic_batch(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            return True
+    return False
+
+
+def parity_batches(example_inputs: tuple[Any, ...], onnx_path: PathLike) -> list[int]:
+    """The example batch, and a second batch size when the ONNX's batch axis is dynamic.
+
+    The second size differs from the example's and from 2 (where a batch of 1 was traced): ``B + 1``,
+    or 3 for ``B = 1``.
+    """
+    b = _batch(tuple(example_inputs))
+    if b is None:
+        return []
+    if not _dynamic_batch(Path(onnx_path)):
+        return [b]
+    return [b, b + 1 if b > 1 else 3]
+
+
 def check_parity(
     model: Any,
     example_inputs: tuple[Any, ...],
@@ -243,21 +313,113 @@ def check_parity(
     dtype: Any = None,
     input_names: Sequence[str] | None = None,
     threads: int = 2,
+    batch_sizes: Sequence[int] | Literal["auto"] | None = "auto",
+    reference: Literal["auto", "float32", "own"] = "auto",
+    progress: bool = False,
 ) -> ParityStats:
     """Run ``model`` eagerly (``torch.no_grad``) and the ONNX file in onnxruntime on the same inputs.
 
-    Outputs are flattened in pytree order on both sides and compared with
-    :func:`~graphprune.runtime.compare.compare_outputs` (``dtype`` as there). Inputs are matched to
-    the graph by name from the model's forward signature where possible, else by order.
-    Returns the statistics without raising: ``ok`` is False on a mismatch (the caller decides).
-    """
-    from graphprune.runtime.export import forward_input_names
+    ``batch_sizes``: ``"auto"`` checks the example batch, and a second size when the ONNX batch axis
+    is dynamic (:func:`parity_batches`); a list checks those sizes (:func:`resize_batch`); None
+    checks the example inputs as given. Outputs are flattened in pytree order on both sides and
+    compared with :func:`~graphprune.runtime.compare.compare_outputs` (``dtype`` as there).
 
+    A float16/bfloat16 ONNX runs as a float32 copy (see the module docstring). ``reference``:
+    ``"float32"`` upcasts the torch model in place for the reference (tolerances of the file dtype, see the module docstring);
+    ``"own"`` keeps the model's dtype (tolerances of the less precise side); ``"auto"`` is
+    ``"float32"``. The result's ``how`` says what was compared with what. Returns the statistics
+    without raising: ``ok`` is False on a mismatch (the caller decides).
+    """
+    from tqdm.auto import tqdm
+
+    from graphprune.runtime.export import forward_input_names
+    from graphprune.runtime.precision import onnx_low_precision, upcast_in_place, upcast_onnx
+
+    if reference not in ("auto", "float32", "own"):
+        raise ConfigError(f"reference must be 'auto', 'float32' or 'own', got {reference!r}")
     if not isinstance(example_inputs, tuple):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
+    path = Path(onnx_path)
+    _check_file(path)
     fn = model.module() if isinstance(model, torch.export.ExportedProgram) else model
-    with torch.no_grad():
-        reference = fn(*example_inputs)
+    if batch_sizes == "auto":
+        sizes: list[int | None] = list(parity_batches(example_inputs, path)) or [None]
+    elif batch_sizes is None:
+        sizes = [None]
+    else:
+        sizes = list(batch_sizes)
+    b0 = _batch(example_inputs)
+    feeds = [example_inputs if (b is None or b == b0) else resize_batch(example_inputs, b) for b in sizes]
+    low = onnx_low_precision(path)
+    upcast = low is not None and isinstance(fn, torch.nn.Module) and reference != "own"
+    steps = 2 * len(feeds) + 1 + (1 if low else 0)
     names = list(input_names) if input_names is not None else forward_input_names(model, example_inputs)
-    candidate = run_onnx(onnx_path, example_inputs, input_names=names, threads=threads)
-    return compare_outputs(reference, candidate, dtype=dtype, name=f"torch vs onnxruntime ({Path(onnx_path).name})")
+    refs: list[Any] = []
+    skipped: list[str] = []
+    with tqdm(total=steps, desc="parity", disable=not progress, leave=False) as bar:
+        with torch.no_grad(), upcast_in_place(fn) if upcast else contextlib.nullcontext(False):
+            for i, args in enumerate(list(feeds)):
+                try:
+                    refs.append(fn(*args))
+                except Exception as e:
+                    if sizes[i] is None or sizes[i] == b0:
+                        raise
+                    # the ONNX batch axis is dynamic but the torch model itself fixes the batch (e.g. a
+                    # module unlifted from a static .pt2 asserts its input sizes): nothing to compare with
+                    skipped.append(f"batch {sizes[i]} not checked: the torch model fails there "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+                    refs.append(None)
+                bar.update()
+        keep = [i for i, r in enumerate(refs) if r is not None]
+        refs = [refs[i] for i in keep]
+        feeds = [feeds[i] for i in keep]
+        sizes = [sizes[i] for i in keep]
+        tmpdir: str | None = None
+        run_path = path
+        try:
+            if low is not None:
+                from graphprune.runtime.resources import check_free_space
+
+                onnx_bytes = sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file())
+                check_free_space(path.parent, 2 * onnx_bytes, what=f"the float32 copy of {path.name} for onnxruntime")
+                tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.float32-", dir=path.parent)
+                run_path = upcast_onnx(path, Path(tmpdir) / path.name, progress=progress)
+                bar.update()
+            session = ort_session(run_path, threads=threads)
+            bar.update()
+            cands = []
+            for args in feeds:
+                cands.append(run_onnx(session, args, input_names=names))
+                bar.update()
+            del session
+        finally:
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+    ref_dtype = "float32" if upcast else (str(getattr(_first_float(refs), "dtype", "")).removeprefix("torch.") or None)
+    if low is None:
+        how = "onnxruntime CPU on the ONNX file vs the torch model"
+    elif upcast:
+        how = (f"onnxruntime CPU on a float32 copy of the {low} ONNX vs the torch model upcast to float32 "
+               f"(both compute in float32 on the same weights); {low} tolerances, because constants the "
+               f"exporter folded (rotary tables, attention masks) are stored in {low}")
+    else:
+        how = f"onnxruntime CPU on a float32 copy of the {low} ONNX vs the torch model in {ref_dtype}; {low} tolerances"
+    stats = [
+        compare_outputs(
+            r, c, dtype=dtype if dtype is not None else (low if upcast else None),
+            name=f"torch vs onnxruntime ({path.name}" + (f", batch {b})" if b is not None else ")"),
+        )
+        for r, c, b in zip(refs, cands, sizes)
+    ]
+    merged = merge_parity(stats, name=f"torch vs onnxruntime ({path.name})", how=how,
+                          batch_sizes=[b for b in sizes if b is not None])
+    if skipped:
+        merged.message = "; ".join([*skipped, merged.message] if merged.message else skipped)
+    return merged
+
+
+def _first_float(trees: list[Any]) -> Any:
+    for leaf in flatten_outputs(trees):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return leaf
+    return None

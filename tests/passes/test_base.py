@@ -60,7 +60,8 @@ def test_stage_checks_the_options_type():
     with pytest.raises(TypeError, match="takes no options"):
         stage("compute-masks", {"x": 1})
     with pytest.raises(TypeError, match="PermuteChannelsConfig"):
-        stage("permute-channels", None)
+        stage("permute-channels", {"time_budget_s": 1})
+    assert stage("permute-channels").options == stage("permute-channels", None).options  # defaults bound
     with pytest.raises(KeyError, match="no pass named"):
         stage("no-such-pass")
 

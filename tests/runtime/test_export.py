@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
 from torch import nn
 
-from graphprune.errors import InputError, OutputError, UnsupportedModelError
-from graphprune.runtime.export import export_onnx, save_onnx
+from graphprune.errors import ConfigError, InputError, OutputError, UnsupportedModelError
+from graphprune.runtime.export import ExportOptions, export_onnx, save_onnx
 from graphprune.runtime.ort import check_parity
 
 
@@ -31,7 +34,9 @@ def test_linear_becomes_gemm_with_named_weight(exported):
     assert (inits["fc1.weight"] == model.fc1.weight.detach().numpy()).all()  # values untouched by cleanup
     assert record.exporter == "dynamo" and record.input_names == ["x"]
     assert len(record.output_names) == 2  # {"logits": t, "aux": (t,)} flattened
-    assert record.initializer_sources["fc1.weight"] == {"param": "fc1.weight", "transposed": False, "same_values": True}
+    assert record.initializer_sources["fc1.weight"] == {
+        "param": "fc1.weight", "transposed": False, "same_values": True, "how": "identity"
+    }
     onnx.checker.check_model(proto)
     # graphsurgeon drops node metadata; export restores it (module scope for the audit)
     assert any(p.key == "pkg.torch.onnx.name_scopes" for p in gemms[0].metadata_props)
@@ -44,7 +49,7 @@ def test_gpt2_conv1d_and_rank3_linear(exported):
     assert gemm.input[1] == "c_attn_weight" and _attr(gemm, "transB") in (None, 0)  # [in, out] used as is
     # Linear on a rank-3 input: the exporter stores W^T [in, out] under a new name
     src = record.initializer_sources[matmul.input[1]]
-    assert src == {"param": "proj.weight", "transposed": True, "same_values": True}
+    assert src == {"param": "proj.weight", "transposed": True, "same_values": True, "how": "view"}
     assert any("proj.weight^T" in n for n in record.notes)
 
 
@@ -116,8 +121,10 @@ def test_exporter_failure_names_the_cause(tmp_path, monkeypatch, caplog):
     with caplog.at_level("DEBUG", logger="graphprune"), pytest.raises(UnsupportedModelError) as info:
         export_onnx(nn.Linear(2, 2), (torch.randn(1, 2),), tmp_path / "bad.onnx")
     msg = str(info.value)
-    assert "Linear with the dynamo exporter failed: RuntimeError: Failed to export the model" in msg
+    assert "ONNX export of Linear failed with every exporter tried (dynamo: RuntimeError: Failed to export the model" in msg
     assert "<- ValueError: Could not guard on data-dependent" in msg and "torch.cond" in msg
+    assert "; torchscript: RuntimeError: Failed to export the model" in msg  # each attempt, one line each
+    assert "dynamo-relaxed" not in msg  # relaxing is tried only after a decomposition failure
     # one line: the exporter's output (graph dumps) goes to the log (-v), not into the message
     assert "\n" not in msg and "exporter chatter" not in msg and "exporter chatter" in caplog.text
     assert "\x1b" not in msg and list(tmp_path.iterdir()) == []
@@ -145,3 +152,155 @@ def test_save_onnx_is_atomic_on_failure(tmp_path, exported, monkeypatch):
         save_onnx(onnx.load(str(path)), target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+# ---- issue 11: names, dynamic axes, exporter fallback, value mapping, options ---------------------------
+class Seq(nn.Module):
+    """[batch, sequence, 8] -> {"logits": ..., "pooled": ...}."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, tokens):
+        h = self.fc(tokens)
+        return {"logits": h, "pooled": h.mean(1)}
+
+
+def _dims(vi):
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def test_dynamic_batch_and_sequence_named_after_the_axes(tmp_path):
+    torch.manual_seed(0)
+    model = Seq().eval()
+    x = torch.randn(1, 5, 8)  # batch 1: traced at batch 2 (torch.export specializes 1)
+    record = export_onnx(model, (x,), tmp_path / "seq.onnx", dynamic=True, dynamic_axes={"tokens": {1: "sequence"}})
+    g = onnx.load(str(record.path)).graph
+    assert [i.name for i in g.input] == ["tokens"] and [o.name for o in g.output] == ["logits", "pooled"]
+    assert _dims(g.input[0]) == ["batch", "sequence", 8]
+    assert _dims(g.output[0]) == ["batch", "sequence", 8] and _dims(g.output[1]) == ["batch", 8]
+    assert record.dynamic_axes["tokens"] == {0: "batch", 1: "sequence"}
+    stats = check_parity(model, (x,), record.path)  # "auto": the example batch and another
+    assert stats.ok and stats.batch_sizes == [1, 3]
+    assert check_parity(model, (torch.randn(4, 9, 8),), record.path, batch_sizes=None).ok  # another sequence length
+    ep = record.exported_program  # the same program, for pruned.pt2
+    with torch.no_grad():
+        assert ep.module()(torch.randn(3, 7, 8))["logits"].shape == (3, 7, 8)
+
+
+def test_batch_the_model_fixes_stays_static_with_a_note(tmp_path):
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+            self.per_row = nn.Parameter(torch.zeros(2, 4))  # one row per example: the batch of 2 is baked in
+
+        def forward(self, x):
+            return self.fc(x) + self.per_row
+
+    record = export_onnx(Fixed().eval(), (torch.randn(2, 8),), tmp_path / "f.onnx", dynamic=True)
+    assert _dims(onnx.load(str(record.path)).graph.input[0]) == [2, 8]
+    assert any("dynamic axis x:0 stayed static" in n for n in record.notes)
+    with pytest.raises(ConfigError, match="dynamic axis for 'y': the model's tensor inputs are x"):
+        export_onnx(Fixed().eval(), (torch.randn(2, 8),), tmp_path / "g.onnx", dynamic_axes={"y": {0: "b"}})
+
+
+def test_decomposition_failure_is_retried_relaxed(tmp_path, monkeypatch):
+    """A dynamo decomposition failure (stock T5/Swin: "Cannot view a tensor") -> the relaxed retry."""
+    torch.manual_seed(0)
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            h = self.fc(x).view(b, n, 4, 4).transpose(1, 2)
+            return h.transpose(1, 2).reshape(b, n, 16)
+
+    real = torch.onnx.export
+
+    def decompose_fails_unless_relaxed(model, *args, **kwargs):
+        if isinstance(model, torch.export.ExportedProgram):
+            relaxed = any(n.target == torch.ops.aten.clone.default for n in model.graph.nodes)
+            if not relaxed:
+                raise RuntimeError("Failed to decompose the FX graph for ONNX compatibility. Next steps:\nmore")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", decompose_fails_unless_relaxed)
+    model = Heads().eval()
+    x = (torch.randn(2, 3, 16),)
+    record = export_onnx(model, x, tmp_path / "h.onnx", dynamic=True)
+    assert record.exporter == "dynamo-relaxed"
+    assert [a["exporter"] for a in record.attempts] == ["dynamo", "dynamo-relaxed"]
+    assert record.attempts[0]["error"] == "RuntimeError: Failed to decompose the FX graph for ONNX compatibility."
+    assert any("inputs of 2 view/reshape node(s) made contiguous" in n for n in record.notes)
+    assert check_parity(model, x, record.path).ok
+
+
+def test_torchscript_conv_bn_maps_renamed_rescaled_weights_by_value(tmp_path):
+    from .conftest import build
+
+    model, inputs = build("convbn")
+    record = export_onnx(model, inputs, tmp_path / "ts.onnx", exporters=("torchscript",))
+    conv = {k: v for k, v in record.initializer_sources.items() if v["param"] == "conv.weight"}
+    (name, src), = conv.items()
+    assert name != "conv.weight" and src["how"] == "scaled_rows" and src["same_values"] is False
+    assert record.initializer_sources  # the grouped/depthwise convs are found too
+    assert {v["param"] for v in record.initializer_sources.values()} >= {"conv.weight", "gconv.weight", "dw.weight"}
+    assert check_parity(model, inputs, record.path).ok
+    assert not model.training  # the exporter did not leave the model in training mode
+
+
+def test_map_initializers_rows_test_is_exact_on_zeros():
+    from graphprune.runtime.export import _rows_scaled
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    w[:, ::4] = 0
+    s = rng.uniform(0.5, 2, size=(4, 1)).astype(np.float32)
+    assert _rows_scaled(w * s, w, 1e-4)
+    moved = (w * s).copy()
+    moved[0, 0], moved[0, 1] = moved[0, 1], 0.0  # same values per row, one zero moved
+    assert not _rows_scaled(moved, w, 1e-4)
+    assert not _rows_scaled(w * s + 1e-2, w, 1e-4)
+
+
+def test_export_options_validate_and_round_trip():
+    opts = ExportOptions(dtype="bf16", dynamic_axes=ExportOptions.parse_dynamic_axis("input_ids:1=sequence"))
+    assert opts.dynamic_axes == {"input_ids": {1: "sequence"}} and opts.dynamic_batch
+    assert ExportOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+    assert ExportOptions.parse_dynamic_axis("mask:2") == {"mask": {2: "mask_dim2"}}
+    with pytest.raises(ConfigError, match="--dynamic-axis 'input_ids'"):
+        ExportOptions.parse_dynamic_axis("input_ids")
+    with pytest.raises(ConfigError, match="dtype int8 cannot be used"):
+        ExportOptions(dtype="int8")
+    with pytest.raises(ConfigError, match="exporters must be a non-empty subset of dynamo, dynamo-relaxed, torchscript"):
+        ExportOptions(exporters=("onnxscript",))
+
+
+def test_no_room_for_the_initializers_is_an_output_error_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    with pytest.raises(OutputError, match=r"has 0\.00 GB free but the ONNX of Linear"):
+        export_onnx(nn.Linear(64, 64).eval(), (torch.randn(2, 64),), tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_graph_skips_the_pattern_rewriter_but_still_folds_weight_transposes(tmp_path, monkeypatch):
+    from graphprune.runtime import export as export_mod
+
+    from .conftest import build
+
+    monkeypatch.setattr(export_mod, "_REWRITE_MAX_NODES", 0)  # every graph counts as large
+    model, inputs = build("gpt2like")
+    record = export_onnx(model, inputs, tmp_path / "big.onnx")
+    assert any("pattern rewriter was skipped" in n for n in record.notes)
+    matmul = next(n for n in onnx.load(str(record.path)).graph.node if n.op_type == "MatMul")
+    assert record.initializer_sources[matmul.input[1]]["param"] == "proj.weight"  # the transpose was folded
+    assert check_parity(model, inputs, record.path).ok
