@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ from graphprune.passes.export_onnx import ONNX_NAME
 from graphprune.passes.permute_channels import PermuteChannelsConfig
 from graphprune.plan import Plan
 from graphprune.report import CompileReport
+
+if TYPE_CHECKING:
+    from graphprune.runtime.fidelity import FidelityReport
 
 log = logging.getLogger("graphprune")
 
@@ -65,6 +68,7 @@ class CompileResult:
     report: CompileReport
     validation: dict[str, Any] = field(default_factory=dict)
     output_dir: Path | None = None
+    fidelity: FidelityReport | None = None  # pruned vs dense (what pruning cost); report.fidelity is its dict
 
     @property
     def ok(self) -> bool:
@@ -188,7 +192,7 @@ def compile(
     if config.target == "cuda":
         require_cuda()  # before any work
     scratch = tempfile.TemporaryDirectory(prefix="graphprune-") if output_dir is None else None
-    target = Path(output_dir) if output_dir is not None else Path(scratch.name)  # type: ignore[union-attr]
+    target = Path(output_dir) if output_dir is not None else Path(scratch.name)
     try:
         with staged_output(target) as out:
             ctx = _context(
@@ -217,6 +221,7 @@ def compile(
         report=report,
         validation=_validation(report),
         output_dir=final_dir,
+        fidelity=ctx.artifacts.get("fidelity"),
     )
     if scratch is not None:  # the files live as long as the result that names them
         weakref.finalize(result, scratch.cleanup)
@@ -278,7 +283,7 @@ def load(path: str | Path, base: nn.Module | Callable[[], nn.Module], *, device:
         require_cuda()
         from graphprune.runtime.semi_cuda.artifact import load_semi_structured
 
-        return load_semi_structured(folder, base, device=device or "cuda")  # type: ignore[no-any-return]
+        return load_semi_structured(folder, base, device=device or "cuda")
     model = load_delta(folder, base, strict=strict)
     return model.to(device) if device is not None else model
 

@@ -65,6 +65,29 @@ def _build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--permute-budget", type=float, default=None, metavar="SECONDS",
                         help="permutation search time per channel group (default 2)")
         sp.add_argument("--config", type=Path, help="CompileConfig as JSON (command-line options override it)")
+        d = sp.add_argument_group("calibration and fidelity")
+        d.add_argument("--calib", default=None, metavar="SOURCE",
+                       help="calibration data: package.module:callable returning batches (tuples of positional inputs), "
+                            "or a .npz / .safetensors file with one stacked tensor per input (first axis = samples)")
+        d.add_argument("--calib-batch", type=int, default=None, metavar="N", help="samples per batch from a --calib/--eval file (8)")
+        d.add_argument("--eval", default=None, metavar="SOURCE",
+                       help="held-out data for the fidelity figure (default: a fifth of --calib held back, else the example inputs)")
+        d.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default=None,
+                       help="how N:M / unstructured masks are chosen (default: sparsegpt with --calib, else magnitude)")
+        d.add_argument("--plan", type=Path, default=None, metavar="DIR",
+                       help="apply a saved training-side plan (Plan.save folder) instead of computing masks")
+        d.add_argument("--max-drift", type=float, default=None, metavar="D",
+                       help="accuracy budget: leave the most sensitive layers dense until mean cosine to the dense model >= 1-D")
+        d.add_argument("--min-cosine", type=float, default=None, metavar="C", help="accuracy budget as a mean cosine (instead of --max-drift)")
+        e = sp.add_argument_group("export")
+        e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                       help="cast the model (and floating inputs) first; the ONNX keeps this dtype (default: the model's own)")
+        e.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=None,
+                       help="axis 0 of inputs and outputs dynamic in the ONNX and pt2 (default on where the model allows)")
+        e.add_argument("--dynamic-axis", action="append", default=[], metavar="NAME:AXIS[=LABEL]",
+                       help="another dynamic axis, e.g. input_ids:1=sequence")
+        e.add_argument("--input-name", action="append", default=[], metavar="NAME",
+                       help="the model's forward argument for each example input, in order (keyword-only inputs)")
         sp.add_argument("--trust-pickle", action="store_true",
                         help="allow unpickling (a whole pickled model, pickled entries of a .pt2); it runs code from the file")
 
@@ -143,7 +166,30 @@ def _config(args: argparse.Namespace) -> Any:
         from graphprune.bench import parse_token_counts
 
         kw["token_counts"] = parse_token_counts(args.shapes)
+    for name in ("method", "calib_batch", "max_drift", "min_cosine", "dtype", "dynamic_batch"):
+        if getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
+    if getattr(args, "dynamic_axis", None):
+        from graphprune.runtime.export import ExportOptions
+
+        axes: dict[str, dict[int, str]] = {k: dict(v) for k, v in base.dynamic_axes.items()}
+        for spec in args.dynamic_axis:
+            for name, dims in ExportOptions.parse_dynamic_axis(spec).items():
+                axes.setdefault(name, {}).update(dims)
+        kw["dynamic_axes"] = axes
+    if getattr(args, "input_name", None):
+        kw["input_names"] = tuple(args.input_name)
     return dataclasses.replace(base, **kw) if kw else base
+
+
+def _data_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``calibration`` / ``evaluation`` sources and the ``plan`` for compile and inspect."""
+    plan = None
+    if getattr(args, "plan", None) is not None:
+        from graphprune.plan import Plan
+
+        plan = Plan.load(args.plan)
+    return {"calibration": args.calib, "evaluation": args.eval, "plan": plan}
 
 
 def _require_element_pattern(config: Any, source: str) -> Any:
@@ -158,6 +204,21 @@ def _require_element_pattern(config: Any, source: str) -> Any:
     return config.element_pattern
 
 
+def _refuse_torch_only(args: argparse.Namespace, config: Any, source: str) -> None:
+    """Options that need the PyTorch model (calibration, fidelity, plans, casts) on an ONNX input: exit 2."""
+    given = [flag for flag, v in (
+        ("--calib", getattr(args, "calib", None)), ("--eval", getattr(args, "eval", None)),
+        ("--plan", getattr(args, "plan", None)), ("--max-drift", config.max_drift), ("--min-cosine", config.min_cosine),
+        ("--dtype", config.dtype),
+        ("--method", config.method if config.method not in (None, "magnitude") else None),
+    ) if v is not None]
+    if given:
+        raise ConfigError(
+            f"{source} is ONNX, pruned by magnitude at the initializer level; {', '.join(given)} need the PyTorch model "
+            "(.pt2, TorchScript or package.module:callable)"
+        )
+
+
 def _default_name(source: str) -> str:
     if ":" in source and not Path(source).exists():
         return source.rpartition(":")[2].replace(".", "_")
@@ -167,8 +228,13 @@ def _default_name(source: str) -> str:
 def _input_files(args: argparse.Namespace, model: str) -> tuple[Path, ...]:
     """The files a run reads: the output folder must never resolve to one of them."""
     files = [Path(model)] if Path(model).exists() else []
-    if getattr(args, "config", None) is not None:
-        files.append(Path(args.config))
+    for name in ("config", "plan"):
+        if getattr(args, name, None) is not None:
+            files.append(Path(getattr(args, name)))
+    for name in ("calib", "eval"):  # data files (a module:callable source is not a file)
+        src = getattr(args, name, None)
+        if src and Path(src).exists():
+            files.append(Path(src))
     return tuple(files)
 
 
@@ -185,12 +251,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(f"graphprune: loading {args.model}", file=sys.stderr)
         loaded = load_model(args.model, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)
         if loaded.kind == "onnx":
+            _refuse_torch_only(args, config, args.model)
             rep = _compile_onnx(loaded.path, stage, config)  # type: ignore[arg-type]
         else:
             assert loaded.model is not None and loaded.example_inputs is not None
             print(f"graphprune: compiling ({loaded.kind}) with pattern {', '.join(map(str, config.pattern))}", file=sys.stderr)
+            # the loaded model is the CLI's own: hand it over (copy=False), one model's worth of memory less; a
+            # module unlifted from a .pt2 is copied all the same (its copy is a plain GraphModule that has eval())
             result = gp_compile(loaded.model, loaded.example_inputs, config, output_dir=out, progress=True,
-                                dump_dir=args.dump_dir, model_name=args.model)
+                                dump_dir=args.dump_dir, model_name=args.model, copy=loaded.kind == "pt2", **_data_args(args))
             rep = result.report
     if loaded.kind == "onnx":
         _print_onnx_report(rep, args.max_rows)
@@ -219,6 +288,10 @@ def _print_report(rep: Any, result: Any, config: Any, max_rows: int) -> None:
         p = rep.parity
         print(f"parity:  {'OK' if p['ok'] else 'FAILED'} - onnxruntime vs pruned PyTorch: max |diff| {p['max_abs']:.3g}, "
               f"max rel {p['max_rel']:.3g}, min cosine {p.get('cosine_min', float('nan')):.6f} over {p['n_outputs']} output(s)")
+    if result.fidelity is not None:
+        print(f"quality: {result.fidelity.summary()}")
+        for note in result.fidelity.notes:
+            print(f"         {note}")
     mvf = result.validation.get("masked_vs_folded")
     if mvf:
         print(f"forms:   masked == folded: {'OK' if mvf['ok'] else 'FAILED'} (max |diff| {mvf['max_abs']:.3g})")
@@ -272,10 +345,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         from graphprune.runtime.audit import audit_onnx
 
         _require_element_pattern(config, args.model)
+        _refuse_torch_only(args, config, args.model)
         print(audit_onnx(loaded.path).summary())  # type: ignore[arg-type]
         return 0
     assert loaded.model is not None and loaded.example_inputs is not None
-    rep = inspect_model(loaded.model, loaded.example_inputs, config, model_name=args.model)
+    rep = inspect_model(loaded.model, loaded.example_inputs, config, model_name=args.model, **_data_args(args))
     if args.json:
         d = rep.to_dict()
         print(json.dumps({"decisions": d["decisions"], "structured": d["structured"]} if rep.structured else d["decisions"], indent=2))
@@ -340,10 +414,10 @@ def _message(e: BaseException) -> str:
             "and the output of --debug (which shows the traceback)")
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (main() may run many times in one process)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -397,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run_bench(args)
             return handlers[args.command](args)
+    except BrokenPipeError:  # the reader went away (`graphprune inspect --json | head`): not an error
+        _silence_closed_streams()
+        return 0
     except BaseException as e:  # the one place that turns every exception into an exit code
         report = getattr(e, "report", None)
         if report is not None and hasattr(report, "table"):
@@ -404,10 +481,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.table(getattr(args, "max_rows", 60)))
             except Exception:
                 pass
-        print(f"graphprune {args.command}: error: {_message(e)}", file=sys.stderr)
-        if getattr(args, "debug", False):
-            traceback.print_exception(e)
+        try:
+            print(f"graphprune {args.command}: error: {_message(e)}", file=sys.stderr)
+            if getattr(args, "debug", False):
+                traceback.print_exception(e)
+        except BrokenPipeError:
+            _silence_closed_streams()
         return exit_code_for(e)
+
+
+def _silence_closed_streams() -> None:
+    """Point stdout/stderr at /dev/null once their reader has gone, so Python's flush at exit stays quiet
+    (the remedy the Python docs give for SIGPIPE)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
 
 
 if __name__ == "__main__":

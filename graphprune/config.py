@@ -542,7 +542,7 @@ def pattern_from_dict(d: Mapping[str, Any]) -> Pattern:
     if not isinstance(t, str) or t not in PATTERN_TYPES:
         raise ConfigError(f"unknown pattern type {t!r}; known: {', '.join(PATTERN_TYPES)}")
     try:
-        return PATTERN_TYPES[t](**kw)  # type: ignore[no-any-return]
+        return PATTERN_TYPES[t](**kw)
     except TypeError as e:
         raise ConfigError(f"bad fields for pattern {t}: {e}") from e
 
@@ -657,7 +657,7 @@ def _parse_part(part: str) -> Pattern:
     if not (0 <= number < 1):
         what = "unstructured sparsity must be in [0, 1) (the fraction of zeros)" if cls is Unstructured else "ratio must be in [0, 1) (the fraction removed)"
         raise ConfigError(f"pattern {part!r}: {what}, got {number:g}")
-    return cls(**{field_name: number}, **_parse_options(cls, options, part))  # type: ignore[no-any-return]
+    return cls(**{field_name: number}, **_parse_options(cls, options, part))
 
 
 def parse_pattern(text: str, *, _check: bool = True) -> tuple[Pattern, ...]:

@@ -38,7 +38,7 @@ class SlimMultiheadAttention(nn.MultiheadAttention):
     original_num_heads: int
     fused_in_proj: bool
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: Tensor,
         key: Tensor,

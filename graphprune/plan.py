@@ -123,7 +123,7 @@ class Plan:
     def __contains__(self, param: object) -> bool:
         return param in self.sites
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self.sites.values())
 
     # ---- summaries --------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class Plan:
                 if hasattr(module, name + "_orig"):  # already under torch.nn.utils.prune
                     target = getattr(module, name + "_orig")
                 elif parametrize.is_parametrized(module, name):
-                    target = module.parametrizations[name].original  # type: ignore[index, union-attr]
+                    target = module.parametrizations[name].original
                 else:
                     target = getattr(module, name)
                 if s.values is not None:

@@ -28,6 +28,8 @@ class SkipReason(str, enum.Enum):
     NOT_FLOATING = "not_floating"
     NO_PATTERN = "no_pattern"
     UNSLICEABLE_GROUP = "unsliceable_group"
+    ACCURACY_BUDGET = "accuracy_budget"  # left dense so the fidelity meets --max-drift / --min-cosine
+    NOT_IN_PLAN = "not_in_plan"  # --plan names no mask for it
 
 
 @dataclass
@@ -88,6 +90,7 @@ class CompileReport:
     structured: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, Any] | None = None
     parity: dict[str, Any] | None = None
+    fidelity: dict[str, Any] | None = None  # pruned vs DENSE model (what pruning cost), not ONNX parity
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -131,6 +134,7 @@ class CompileReport:
             "structured": self.structured,
             "audit": self.audit,
             "parity": self.parity,
+            "fidelity": self.fidelity,
             "timings": self.timings,
             "outputs": self.outputs,
             "notes": self.notes,

@@ -620,6 +620,17 @@ def minilm_eval(n: int = 200) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return _minilm_batches(n, "eval", seed=0)
 
 
+def minilm_calib_demo() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`make demo`'s calibration: 64 sentences of the `calib` split (fewer than `minilm_calib`, so the demo
+    stays short; benchmarks/RESULTS.md has the figures with 640)."""
+    return minilm_calib(64)
+
+
+def minilm_eval_demo() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`make demo`'s evaluation: 100 sentences of the `eval` split (disjoint from every calibration sentence)."""
+    return minilm_eval(100)
+
+
 # --------------------------------------------------------------------------- reference sizes (benchmarks)
 
 

@@ -49,3 +49,31 @@ def opaque_model():
 def wrong_inputs():
     torch.manual_seed(0)
     return nn.Linear(8, 4), (torch.randn(2, 5),)
+
+
+def calib_net():
+    """A two-block MLP (tests/passes/test_calibrate.py's) and one example batch: for --calib / --eval / --plan."""
+    from tests.passes.test_calibrate import EXAMPLE, build
+
+    return build(), EXAMPLE
+
+
+def calib_batches():
+    from tests.passes.test_calibrate import batches
+
+    return batches(6)
+
+
+def eval_batches():
+    from tests.passes.test_calibrate import batches
+
+    return batches(3, seed=9)
+
+
+def calib_wrong_shape():
+    """Calibration batches whose input has 5 features where calib_net takes 32."""
+    return [(torch.randn(8, 5),) for _ in range(3)]
+
+
+def calib_non_finite():
+    return [(torch.full((8, 32), float("nan")),) for _ in range(3)]

@@ -176,3 +176,19 @@ def test_python_api_takes_a_dict_config_and_stages_its_folder(tmp_path):
     assert res.ok and res.onnx_path == tmp_path / "api" / "model.onnx" and res.onnx_path.is_file()
     assert res.report.outputs["report"] == str(tmp_path / "api" / "report.json")
     assert leftovers(tmp_path) == []
+
+
+def test_json_output_survives_a_closed_pipe():
+    """`graphprune inspect --json | head`: the reader leaves before the output is written; exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "graphprune", "inspect", "tests.factories:tiny_mlp", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # closed before graphprune has even imported torch
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err

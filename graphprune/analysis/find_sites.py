@@ -149,11 +149,11 @@ def _resolve_weight(
                 if t in _SWAP_OPS:
                     perm = [1, 0] if rank == 2 else list(range(rank))
                 elif t is aten.transpose.int:
-                    d0, d1 = (int(a) % rank for a in cur.args[1:3])  # type: ignore[arg-type, call-overload]
+                    d0, d1 = (int(a) % rank for a in cur.args[1:3])  # type: ignore[arg-type]
                     perm = list(range(rank))
                     perm[d0], perm[d1] = perm[d1], perm[d0]
                 else:
-                    perm = [int(a) % rank for a in cur.args[1]]  # type: ignore[arg-type, union-attr, call-overload]
+                    perm = [int(a) % rank for a in cur.args[1]]  # type: ignore[arg-type]
                 # out axis j == in axis perm[j]; compose with what we have (out is nearer the op)
                 axes = [perm[j] for j in range(rank)] if axes is None else [perm[a] for a in axes]
                 cur = src

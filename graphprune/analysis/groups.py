@@ -136,12 +136,12 @@ def _no_cache(model: nn.Module) -> Iterator[None]:
     cfg = getattr(model, "config", None)
     old = getattr(cfg, "use_cache", None)
     if old:
-        cfg.use_cache = False  # type: ignore[union-attr]
+        cfg.use_cache = False
     try:
         yield
     finally:
         if old:
-            cfg.use_cache = old  # type: ignore[union-attr]
+            cfg.use_cache = old
 
 
 def export_for_analysis(model: nn.Module, example_inputs: Sequence[Any]) -> torch.export.ExportedProgram:

@@ -51,7 +51,7 @@ class SiteEntry:
 
     @property
     def param(self) -> torch.Tensor:
-        return getattr(self.module, self.param_name)  # type: ignore[no-any-return]
+        return getattr(self.module, self.param_name)
 
 
 def _type_matches(module: nn.Module, entry: Any) -> bool:

@@ -151,4 +151,4 @@ def register() -> None:
     from torch._dynamo.backends.registry import _BACKENDS, register_backend
 
     if "graphprune" not in _BACKENDS:
-        register_backend(name="graphprune")(graphprune_backend)  # type: ignore[arg-type]
+        register_backend(name="graphprune")(graphprune_backend)

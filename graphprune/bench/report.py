@@ -53,6 +53,36 @@ class BenchReport:
             return None
         return e["dense"]["median_ms"] / e["pruned"]["median_ms"]
 
+    def spread(self, side: str) -> float | None:
+        """How far one side's block timings spread: ``(max - min) / median`` (0.1 = 10 %); None without samples."""
+        t = self.end_to_end.get(side) or {}
+        lo, hi, med = t.get("min_ms"), t.get("max_ms"), t.get("median_ms")
+        if lo is None or hi is None or not med:
+            return None
+        return (hi - lo) / med
+
+    @property
+    def conclusive(self) -> bool | None:
+        """False when the spread of either side's timings is larger than the difference between the medians."""
+        r = self.ratio
+        spreads = [x for x in (self.spread("dense"), self.spread("pruned")) if x is not None]
+        if r is None or not spreads:
+            return None
+        return abs(r - 1.0) > max(spreads)
+
+    def verdict(self) -> str:
+        """Which way is faster, in words, and whether the timings' spread allows saying so."""
+        r = self.ratio
+        if r is None:
+            return "no end-to-end timing"
+        faster = f"pruned is {r:.2f}x faster than dense" if r >= 1 else f"pruned is {1 / r:.2f}x SLOWER than dense (zeros are not faster here)"
+        if self.conclusive is False:
+            noise = max(x for x in (self.spread("dense"), self.spread("pruned")) if x is not None)
+            return (f"no clear difference: the medians differ by {abs(r - 1) * 100:.1f}% but the timings spread by "
+                    f"{noise * 100:.1f}% (min to max over the blocks); {faster.split(' (')[0]} at the median only. "
+                    "Rerun on a quiet machine or with more --blocks")
+        return faster
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -60,6 +90,9 @@ class BenchReport:
             "pattern": self.pattern,
             "end_to_end": self.end_to_end,
             "ratio": self.ratio,
+            "spread": {k: self.spread(k) for k in self.end_to_end},
+            "conclusive": self.conclusive,
+            "verdict": self.verdict(),
             "layers": [lay.to_dict() for lay in self.layers],
             "settings": self.settings,
             "forms": self.forms,
@@ -88,11 +121,13 @@ class BenchReport:
         lines.append("-" * len(head))
         e = self.end_to_end
         if e:
-            d, p = e["dense"], e["pruned"]
-            lines.append(
-                f"end to end: dense median {d['median_ms']:.3f} ms (min {d['min_ms']:.3f}), pruned median "
-                f"{p['median_ms']:.3f} ms (min {p['min_ms']:.3f}); dense/pruned = {self.ratio:.2f}x"
-            )
+            def side(k: str) -> str:
+                t, sp = e[k], self.spread(k)
+                return (f"{k} median {t['median_ms']:.3f} ms (min {t['min_ms']:.3f}"
+                        + (f", spread {sp * 100:.1f}%)" if sp is not None else ")"))
+
+            lines.append(f"end to end: {side('dense')}, {side('pruned')}; dense/pruned = {self.ratio:.2f}x")
+            lines.append(("warning: " if self.conclusive is False else "verdict: ") + self.verdict())
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -114,12 +149,17 @@ def save_chart(report: BenchReport, path: str | Path, *, top: int = 20) -> Path:
     if e2e:
         keys = ["dense", "pruned"]
         med = [e2e[k]["median_ms"] for k in keys]
-        mins = [e2e[k]["min_ms"] for k in keys]
-        ax.bar(keys, med, color=["#7f7f7f", "#1f77b4"])
-        ax.scatter(keys, mins, color="black", marker="_", s=400, label="min", zorder=3)
+        lo = [med[i] - e2e[k]["min_ms"] for i, k in enumerate(keys)]
+        hi = [e2e[k].get("max_ms", med[i]) - med[i] for i, k in enumerate(keys)]
+        ax.bar(keys, med, color=["#7f7f7f", "#1f77b4"], yerr=[lo, hi], capsize=8)
         ratio = report.ratio
-        ax.set_title(f"end to end ({ratio:.2f}x)" if ratio else "end to end")
-        ax.set_ylabel("ms (median; bar = median, tick = min)")
+        if ratio is None:
+            ax.set_title("end to end")
+        elif report.conclusive is False:
+            ax.set_title(f"end to end: no clear difference\n({ratio:.2f}x at the median, within the spread)", fontsize=9)
+        else:
+            ax.set_title(f"end to end: pruned {ratio:.2f}x faster" if ratio >= 1 else f"end to end: pruned {1 / ratio:.2f}x SLOWER", fontsize=9)
+        ax.set_ylabel("ms (bar = median, whiskers = min..max over blocks)")
     ax = axes[1]
     if layers:
         ys = range(len(layers))

@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,12 +74,15 @@ def bench_model(
     mode: Literal["eager", "graph"] = "graph",
     dtype: torch.dtype | None = None,
     token_counts: tuple[int, ...] = (),
+    compiled: str | Path | None = None,
 ) -> BenchReport:
     """Prune ``model`` with ``config`` (a CompileConfig; 2:4 by default) and time dense vs pruned on
     ``runtime``; writes ``bench.json`` (and ``bench.png``) into ``out_dir``. The caller's model is
     not modified. ``device="cuda"`` (runtime ``torch`` only): time on the GPU in ``dtype`` (fp16
     default) and ``mode`` (``"graph"``: CUDA-graph replay; ``"eager"``), deciding 2:4 per layer
-    for the real token count and ``token_counts``; ``mode`` and the rest are ignored on the CPU."""
+    for the real token count and ``token_counts``; ``mode`` and the rest are ignored on the CPU.
+    ``compiled``: a folder ``graphprune compile`` wrote: time its ``pruned.pt2`` (runtime torch) or
+    ``model.onnx`` (ort, tensorrt) against ``model`` instead of pruning again (``config`` is then unused)."""
     from graphprune.config import as_config
     from graphprune.io.staging import staged_output
 
@@ -102,32 +106,86 @@ def bench_model(
 
         require_tensorrt()  # fail before compiling anything
     config = as_config(config)
-    with staged_output(out_dir) as stage:  # bench.json, the chart, dense.onnx and compile's files: one set
+    done = _compiled_outputs(Path(compiled), runtime) if compiled is not None else None
+    with staged_output(out_dir, inputs=done.inputs if done else ()) as stage:  # bench.json, the chart, dense.onnx and compile's files: one set
         return _bench_into(stage, model, tuple(example_inputs), config, runtime=runtime, model_name=model_name, blocks=blocks,
                            warmup=warmup, threads=threads, per_layer=per_layer, sparse_forms=sparse_forms, chart=chart,
-                           progress=progress, device=device, mode=mode, dtype=dtype, token_counts=token_counts)
+                           progress=progress, device=device, mode=mode, dtype=dtype, token_counts=token_counts, compiled=done)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """What ``graphprune compile`` left in a folder, as bench reads it."""
+
+    folder: Path
+    pruned: Path  # pruned.pt2 (torch) or model.onnx (ort, tensorrt)
+    report: dict[str, Any]
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.folder, self.pruned)
+
+
+def _compiled_outputs(folder: Path, runtime: str) -> _Compiled:
+    """Check a compile output folder before any work: the file the runtime times and its report.json."""
+    from graphprune.errors import InputError
+
+    if not folder.is_dir():
+        raise InputError(f"--compiled {folder} is not a folder; give the -o folder of a graphprune compile run")
+    name = "pruned.pt2" if runtime == "torch" else "model.onnx"
+    for need in (name, "report.json"):
+        if not (folder / need).is_file():
+            raise InputError(f"--compiled {folder} has no {need}: it is not the output of a successful graphprune compile"
+                             + (" (the torch runtime times pruned.pt2)" if need == "pruned.pt2" else ""))
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"--compiled {folder}/report.json cannot be read: {e}") from e
+    if not isinstance(report, dict):
+        raise InputError(f"--compiled {folder}/report.json is not a graphprune compile report")
+    return _Compiled(folder, folder / name, report)
 
 
 def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], config: Any, *, runtime: str,
                 model_name: str | None, blocks: int, warmup: int, threads: int, per_layer: bool, sparse_forms: bool,
                 chart: bool, progress: bool, device: str, mode: Literal["eager", "graph"], dtype: torch.dtype | None,
-                token_counts: tuple[int, ...]) -> BenchReport:
+                token_counts: tuple[int, ...], compiled: _Compiled | None = None) -> BenchReport:
     from graphprune.api import compile as gp_compile
     from graphprune.api import copy_model
 
     out = stage.target
     cfg = config if runtime != "torch" else dataclasses.replace(config, export_onnx=False)
-    report = BenchReport(model=model_name or type(model).__name__, runtime=runtime, pattern=", ".join(map(str, config.pattern)))
+    pattern = ", ".join(map(str, config.pattern))
+    if compiled is not None:
+        from graphprune.config import CompileConfig
+        from graphprune.errors import GraphPruneError
+
+        try:
+            pattern = ", ".join(map(str, CompileConfig.from_dict(compiled.report.get("config") or {}).pattern))
+        except (GraphPruneError, TypeError, ValueError, AttributeError):
+            pattern = "as compiled (report.json's config unreadable)"
+    report = BenchReport(model=model_name or type(model).__name__, runtime=runtime, pattern=pattern)
     report.settings = {**machine_info(threads), "blocks": blocks, "warmup": warmup}
     with _torch_threads(threads):
-        result = gp_compile(model, inputs, cfg, output_dir=out, progress=progress, model_name=report.model)
-        report.outputs["report"] = str(stage.final("report.json"))
+        if compiled is None:
+            result = gp_compile(model, inputs, cfg, output_dir=out, progress=progress, model_name=report.model)
+            report.outputs["report"] = str(stage.final("report.json"))
+            totals = result.report.totals()
+            pruned_model: nn.Module | None = result.model
+            pruned_onnx: Path | None = result.onnx_path
+        else:  # time what compile already wrote; nothing is pruned again
+            report.notes.append(f"pruned side: {compiled.pruned} (written by graphprune compile), not pruned again")
+            totals = compiled.report.get("totals") or {}
+            pruned_model = _load_compiled(compiled.pruned) if runtime == "torch" else None
+            pruned_onnx = compiled.pruned if runtime != "torch" else None
         dense = copy_model(model).eval()
         if runtime == "torch" and device == "cuda":
-            _bench_on_cuda(dense, result.model.eval(), inputs, report, dtype=dtype or torch.float16, mode=mode,
+            assert pruned_model is not None
+            _bench_on_cuda(dense, _eval(pruned_model), inputs, report, dtype=dtype or torch.float16, mode=mode,
                            token_counts=token_counts, sparse_forms=sparse_forms, blocks=blocks, warmup=warmup, per_layer=per_layer)
         elif runtime == "torch":
-            pruned = result.model.eval()
+            assert pruned_model is not None
+            pruned = _eval(pruned_model)
             if sparse_forms:
                 from graphprune.passes.convert_sparse_forms import apply_sparse_forms
 
@@ -140,20 +198,20 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
         else:
             from graphprune.runtime.export import export_onnx
 
-            if result.onnx_path is None:
+            if pruned_onnx is None:
                 raise ConfigError("the ort and tensorrt runtimes need the ONNX export (export_onnx=True in the config)")
-            dense_path, pruned_path = stage.file("dense.onnx"), stage.file("model.onnx")
+            dense_path = stage.file("dense.onnx")
+            pruned_path = stage.file("model.onnx") if compiled is None else pruned_onnx
             export_onnx(dense, inputs, dense_path, opset=config.opset)
             report.outputs["dense_onnx"] = str(stage.final("dense.onnx"))
-            report.outputs["pruned_onnx"] = str(result.onnx_path)
+            report.outputs["pruned_onnx"] = str(pruned_onnx)
             if runtime == "ort":
                 _bench_ort(dense_path, pruned_path, inputs, report, threads=threads, blocks=blocks, warmup=warmup, per_layer=per_layer, tmp=stage.path)
             else:
                 _bench_tensorrt(dense_path, pruned_path, report, blocks=blocks)
-    flops = result.report.totals()
-    if flops.get("flops"):
-        report.settings["flops"] = flops["flops"]
-        report.settings["flops_on_zeros"] = flops["flops_on_zeros"]
+    if totals.get("flops"):
+        report.settings["flops"] = totals["flops"]
+        report.settings["flops_on_zeros"] = totals.get("flops_on_zeros")
     from graphprune.io.files import atomic_write_text
 
     if chart:
@@ -165,6 +223,24 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
     report.outputs["json"] = str(stage.final("bench.json"))
     atomic_write_text(stage.file("bench.json"), json.dumps(report.to_dict(), indent=2, default=str))
     return report
+
+
+def _eval(module: nn.Module) -> nn.Module:
+    """``module.eval()``; a module unlifted from a .pt2 has no train/eval switch (export fixed the mode)."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
+def _load_compiled(path: Path) -> nn.Module:
+    """``pruned.pt2`` through the safe .pt2 reader (nothing unpickled), as a module."""
+    from graphprune.io.loaders import load_model
+
+    loaded = load_model(str(path), trust_pickle=False)
+    if loaded.model is None:
+        raise ConfigError(f"{path} holds no PyTorch program to time")
+    return loaded.model
 
 
 def _bench_on_cuda(
@@ -226,6 +302,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="cuda: model dtype (default fp16)")
     b.add_argument("--shapes", default="", metavar="TOKENS[,TOKENS...]",
                    help="cuda: more token counts (rows of a layer's input) to decide 2:4 for, e.g. 4 for a batch-4 decode step")
+    b.add_argument("--compiled", type=Path, default=None, metavar="DIR",
+                   help="time what `graphprune compile ... -o DIR` wrote (pruned.pt2, or model.onnx for ort/tensorrt) "
+                        "against MODEL instead of pruning again")
     b.set_defaults(handler=run_bench)
     return b
 
@@ -254,12 +333,14 @@ def run_bench(args: argparse.Namespace) -> int:
     name = str(args.model)
     stem = name.rpartition(":")[2].replace(".", "_") if ":" in name and not Path(name).exists() else (Path(name).stem or "model")
     out = args.output or Path("graphprune-out") / f"{stem}-bench"
-    prepare_output_dir(out, inputs=(Path(name),) if Path(name).exists() else ())
+    compiled = getattr(args, "compiled", None)
+    prepare_output_dir(out, inputs=((Path(name),) if Path(name).exists() else ()) + ((compiled, compiled / "pruned.pt2", compiled / "model.onnx") if compiled else ()))
     print(f"graphprune: loading {name}", file=sys.stderr)
     loaded = load_model(name, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)
     if loaded.kind == "onnx" or loaded.model is None or loaded.example_inputs is None:
         raise ConfigError(f"bench needs a PyTorch model (it prunes it first); {name} is {loaded.kind}")
-    print(f"graphprune: pruning with {', '.join(map(str, config.pattern))} and timing on {args.runtime}", file=sys.stderr)
+    what = f"timing {compiled} (compiled)" if compiled else f"pruning with {', '.join(map(str, config.pattern))} and timing"
+    print(f"graphprune: {what} on {args.runtime}", file=sys.stderr)
     rep = bench_model(
         loaded.model,
         loaded.example_inputs,
@@ -277,6 +358,7 @@ def run_bench(args: argparse.Namespace) -> int:
         mode=getattr(args, "mode", "graph"),
         dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[getattr(args, "dtype", "fp16")],
         token_counts=parse_token_counts(getattr(args, "shapes", "")),
+        compiled=compiled,
     )
     print(rep.table(args.max_rows))
     for v in rep.outputs.values():

@@ -110,6 +110,12 @@ def _timed_modules(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def _summary(samples_ms: list[float]) -> dict[str, Any]:
+    """One side's end-to-end figures: min, median, max and every block's time (ms)."""
+    return {"min_ms": min(samples_ms), "median_ms": statistics.median(samples_ms), "max_ms": max(samples_ms),
+            "samples_ms": list(samples_ms)}
+
+
 def _call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return mod(*args, **kwargs)
 
@@ -118,7 +124,7 @@ def _bench_torch(dense: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], r
     from graphprune.runtime.microbench import record_layer_inputs, time_alternating
 
     t = time_alternating({"dense": lambda: dense(*inputs), "pruned": lambda: pruned(*inputs)}, warmup=warmup, blocks=blocks, min_block_s=0.05)
-    report.end_to_end = {k: {"min_ms": v.min_ms, "median_ms": v.median_ms} for k, v in t.items()}
+    report.end_to_end = {k: _summary(v.samples_ms) for k, v in t.items()}
     if not per_layer:
         return
     d_mods, p_mods = _timed_modules(dense), _timed_modules(pruned)
@@ -173,7 +179,7 @@ def _bench_cuda(
     else:
         fns = {"dense": functools.partial(dense, *inputs), "pruned": functools.partial(pruned, *inputs)}
     t = time_alternating(fns, warmup=warmup, blocks=blocks, min_block_s=0.05, sync=sync)
-    report.end_to_end = {k: {"min_ms": v.min_ms, "median_ms": v.median_ms} for k, v in t.items()}
+    report.end_to_end = {k: _summary(v.samples_ms) for k, v in t.items()}
     report.notes.append(
         f"execution mode: {mode}" + (" (each model replayed from one CUDA graph per input shape; outputs not cloned)" if mode == "graph" else "")
     )
@@ -272,7 +278,7 @@ def _bench_ort(dense_path: Path, pruned_path: Path, inputs: Any, report: BenchRe
     for _ in range(blocks):
         for name, path in (("dense", dense_path), ("pruned", pruned_path)):
             samples[name].append(_ort_block(path, feed_of, threads, warmup, 0.1))
-    report.end_to_end = {k: {"min_ms": min(v), "median_ms": statistics.median(v)} for k, v in samples.items()}
+    report.end_to_end = {k: _summary(v) for k, v in samples.items()}
     report.notes.append(
         f"onnxruntime CPUExecutionProvider, intra_op_num_threads={threads}, inter_op_num_threads=1, ORT_ENABLE_ALL, "
         "one session alive at a time"

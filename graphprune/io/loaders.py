@@ -210,7 +210,7 @@ def _load_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: bool) 
         if kwargs:
             raise InputError(f"ExportedProgram {path} was exported with keyword inputs; pass --input-shape for each input")
         example = tuple(args)
-    example = _need_inputs(path, "ExportedProgram", example)  # type: ignore[arg-type]
+    example = _need_inputs(path, "ExportedProgram", example)
     try:
         module = contents.program.module()
     except Exception as e:

@@ -44,9 +44,10 @@ class FidelityOptions:
 def evaluation_batches(ctx: PassContext) -> tuple[list[tuple[Any, ...]], str, list[str]]:
     """The evaluation batches, where they came from, and the notes (see the module docstring)."""
     data: Any = ctx.artifacts.get("calibration")
-    if data is not None:
+    if data is not None and data.eval_source != "example inputs":
         return list(data.evaluation), data.eval_source, list(data.notes)
-    return [tuple(ctx.example_inputs)], "example inputs", [_WEAK]
+    # the example inputs as the copy stage bound them (a dict of named inputs becomes positional there)
+    return [tuple(ctx.example_inputs)], "example inputs", list(data.notes) if data is not None else [_WEAK]
 
 
 def record_dense_outputs(module: nn.Module, ctx: PassContext) -> None:
@@ -56,12 +57,39 @@ def record_dense_outputs(module: nn.Module, ctx: PassContext) -> None:
     dtype as the pruned model."""
     import torch
 
-    batches, _, _ = evaluation_batches(ctx)
+    batches, source, _ = evaluation_batches(ctx)
     outs = []
     with eval_mode(module), torch.no_grad():
-        for b in batches:
-            outs.append(_detach(module(*b)))
+        if source == "example inputs":
+            try:
+                outs.append(_detach(module(*batches[0])))
+            except Exception:  # the model does not run on its own example inputs: capture will say why
+                return
+        else:
+            for i, b in enumerate(batches):
+                outs.append(_detach(_forward(module, b, f"{source} batch {i}")))
+        data: Any = ctx.artifacts.get("calibration")
+        if data is not None and data.calibration:  # one calibration batch too, before hours of calibration
+            _forward(module, data.calibration[0], "calibration batch 0")
     ctx.artifacts["dense_outputs"] = outs
+
+
+def _forward(module: nn.Module, batch: tuple[Any, ...], what: str) -> Any:
+    """``module(*batch)``; a batch the dense model cannot run is bad input (exit 3), named."""
+    from graphprune.errors import GraphPruneError, InputError, is_out_of_memory
+
+    try:
+        return module(*batch)
+    except GraphPruneError:
+        raise
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(
+            f"{what} fails in the dense model's forward ({type(e).__name__}: {first[:200]}): check that the data "
+            "matches the model (token ids below the vocabulary size, shapes, dtypes)"
+        ) from e
 
 
 def _detach(tree: Any) -> Any:
@@ -100,4 +128,5 @@ def fidelity_stage(module: nn.Module, options: FidelityOptions, ctx: PassContext
     with eval_mode(module):
         fid = measure_fidelity(dense, module, batches, source=source, logits=options.logits, notes=notes, layers=layers)
     ctx.artifacts["fidelity"] = fid
+    ctx.report.fidelity = fid.to_dict()
     return PassResult(module, modified=False, report=fid)

@@ -94,6 +94,6 @@ def fold_masks(module: nn.Module, options: None, ctx: PassContext) -> PassResult
 
 def _has_masks(module: nn.Module) -> bool:
     return any(
-        parametrize.is_parametrized(sub) and any(isinstance(p, WeightMask) for plist in sub.parametrizations.values() for p in plist)  # type: ignore[union-attr,operator]
+        parametrize.is_parametrized(sub) and any(isinstance(p, WeightMask) for plist in sub.parametrizations.values() for p in plist)  # type: ignore[operator]
         for sub in module.modules()
     )

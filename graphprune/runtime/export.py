@@ -952,6 +952,7 @@ def export_onnx(
     failed_ep: Any = None
     state: dict[str, Any] = {}
     decompose_failed = False
+    stopped = ""
     last_error: BaseException | None = None
     exporter = ""
     modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
@@ -987,6 +988,11 @@ def export_onnx(
                 if exporter == "dynamo":
                     failed_ep = state.get("ep")
                     decompose_failed = "decompose" in err.lower()
+                    if _data_dependent_hint(e, "") and len(order) > 1:
+                        stopped = " (not retried with the tracing exporters: they would export one branch only)"
+                        # a branch on tensor values: the TorchScript exporter would trace ONE branch and write an
+                        # ONNX that is wrong for inputs taking the other, and parity on the example inputs would not see it
+                        break
                 continue
             attempts.append({"exporter": exporter, "ok": True, "error": None, "seconds": time.perf_counter() - t0})
             break
@@ -996,7 +1002,7 @@ def export_onnx(
                 log.debug("exporter output:\n%s", _tail(output))
             lines = "; ".join(f"{a['exporter']}: {a['error']}" for a in attempts)
             raise UnsupportedModelError(
-                f"ONNX export of {label} failed with every exporter tried ({lines})" + _data_dependent_hint(last_error, output)
+                f"ONNX export of {label} failed with every exporter tried ({lines}){stopped}" + _data_dependent_hint(last_error, output)
             )
         bar.n = len(order)
         bar.set_postfix_str("write")

@@ -243,7 +243,7 @@ def prepare_inputs(
     if rest:  # keyword-only parameters or **kwargs: positional adapter on graphprune's copy
         order = names + list(rest)
         setattr(model, _ADAPTER_ATTR, order)
-        model.forward = types.MethodType(_keyword_forward, model)  # type: ignore[method-assign]
+        model.forward = types.MethodType(_keyword_forward, model)
         bound += list(rest.values())
         names = order
         notes.append(

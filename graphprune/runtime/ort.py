@@ -333,7 +333,7 @@ def check_parity(
     from tqdm.auto import tqdm
 
     from graphprune.runtime.export import forward_input_names
-    from graphprune.runtime.precision import onnx_low_precision, upcast_in_place, upcast_onnx
+    from graphprune.runtime.precision import cast_inputs, onnx_low_precision, upcast_in_place, upcast_onnx
 
     if reference not in ("auto", "float32", "own"):
         raise ConfigError(f"reference must be 'auto', 'float32' or 'own', got {reference!r}")
@@ -359,8 +359,8 @@ def check_parity(
     with tqdm(total=steps, desc="parity", disable=not progress, leave=False) as bar:
         with torch.no_grad(), upcast_in_place(fn) if upcast else contextlib.nullcontext(False):
             for i, args in enumerate(list(feeds)):
-                try:
-                    refs.append(fn(*args))
+                try:  # upcast: the float inputs too (lossless; the float32 ONNX copy casts its feeds alike)
+                    refs.append(fn(*(cast_inputs(args, torch.float32) if upcast else args)))
                 except Exception as e:
                     if sizes[i] is None or sizes[i] == b0:
                         raise

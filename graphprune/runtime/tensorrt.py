@@ -193,7 +193,7 @@ def require_tensorrt() -> Any:
 
 
 def _make_logger(trt: Any, sink: list[str]) -> Any:
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 

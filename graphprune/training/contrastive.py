@@ -108,7 +108,7 @@ class Snapshots:
         self.models.append(snap)
         return snap
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self.models)
 
     def __len__(self) -> int:

@@ -32,7 +32,7 @@ from graphprune.training.schedules import Cubic, Iterative, OneShot
 __all__ = ["GraphPruneCallback"]
 
 
-class GraphPruneCallback(TrainerCallback):  # type: ignore[misc]
+class GraphPruneCallback(TrainerCallback):
     """See the module docstring."""
 
     def __init__(
@@ -77,7 +77,7 @@ class GraphPruneCallback(TrainerCallback):  # type: ignore[misc]
 
     def plan(self) -> Plan:
         if self.pruner is not None and hasattr(self.pruner, "to_plan"):
-            return self.pruner.to_plan()  # type: ignore[no-any-return]
+            return self.pruner.to_plan()
         if self.asp is None:
             raise PruningOrderError("GraphPruneCallback.plan() before training began")
         return self.asp.to_plan()

@@ -79,11 +79,11 @@ class _STE(torch.autograd.Function):
     """Binary mask in forward, identity gradient to the scores in backward."""
 
     @staticmethod
-    def forward(ctx: Any, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return mask.to(scores.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -357,7 +357,7 @@ class MovementPruner:
     @torch.no_grad()
     def _effective_weight(self, e: SiteEntry) -> torch.Tensor:
         pm = self.masks[e.fqn]
-        w = e.module.parametrizations[e.param_name].original  # type: ignore[index, union-attr]
+        w = e.module.parametrizations[e.param_name].original  # type: ignore[index]
         if self.method == "l0" and pm.frozen is None:
             return w * pm._expand(pm.l0_gate(deterministic=True)).to(w.dtype)
         m = pm.frozen if pm.frozen is not None else pm.binary()

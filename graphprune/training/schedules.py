@@ -199,6 +199,6 @@ def schedule_from_dict(d: dict[str, Any]) -> Schedule:
         raise ConfigError(f"a schedule must be an object with 'type' in {sorted(_TYPES)}, got {d!r}")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "type"}
     try:
-        return _TYPES[d["type"]](**kw)  # type: ignore[no-any-return]
+        return _TYPES[d["type"]](**kw)
     except TypeError as e:
         raise ConfigError(f"bad fields for schedule {d['type']}: {e}") from e

@@ -74,3 +74,51 @@ def test_chart_without_layers(tmp_path):
     rep.layers.append(LayerTiming("x", dense_ms=None))
     path = save_chart(rep, tmp_path / "c.png")
     assert path.stat().st_size > 1000
+
+
+def _e2e(dense: list[float], pruned: list[float]) -> dict[str, dict[str, float]]:
+    import statistics
+
+    return {k: {"min_ms": min(v), "median_ms": statistics.median(v), "max_ms": max(v)} for k, v in (("dense", dense), ("pruned", pruned))}
+
+
+def test_verdict_says_which_way_and_warns_when_the_spread_exceeds_the_effect():
+    clear = BenchReport("m", "torch", "2:4", end_to_end=_e2e([2.0, 2.02, 2.04], [1.0, 1.01, 1.02]))
+    assert clear.ratio == pytest.approx(2.02 / 1.01) and clear.conclusive is True
+    assert clear.verdict() == "pruned is 2.00x faster than dense" and "verdict: pruned is 2.00x faster" in clear.table()
+    slower = BenchReport("m", "torch", "2:4", end_to_end=_e2e([1.0, 1.0, 1.0], [1.5, 1.5, 1.5]))
+    assert "1.50x SLOWER" in slower.verdict() and slower.conclusive is True
+    noisy = BenchReport("m", "torch", "2:4", end_to_end=_e2e([1.0, 1.05, 1.6], [0.9, 1.0, 1.4]))
+    assert noisy.spread("dense") == pytest.approx(0.6 / 1.05) and noisy.conclusive is False
+    assert noisy.verdict().startswith("no clear difference") and "warning: no clear difference" in noisy.table()
+    d = noisy.to_dict()
+    assert d["conclusive"] is False and d["spread"]["pruned"] == pytest.approx(0.5) and d["verdict"] == noisy.verdict()
+
+
+def test_measured_bench_records_every_block_and_the_spread(tmp_path):
+    model, inputs = build("mlp")
+    rep = bench_model(model, inputs, runtime="torch", out_dir=tmp_path, blocks=3, warmup=1, per_layer=False, chart=False)
+    for side in ("dense", "pruned"):
+        t = rep.end_to_end[side]
+        assert len(t["samples_ms"]) == 3 and t["min_ms"] == min(t["samples_ms"]) and t["max_ms"] == max(t["samples_ms"])
+        assert rep.spread(side) == pytest.approx((t["max_ms"] - t["min_ms"]) / t["median_ms"])
+
+
+def test_bench_times_what_compile_wrote(tmp_path, capsys):
+    from graphprune.cli import main
+
+    out = tmp_path / "compiled"
+    assert main(["compile", "models.zoo:mlp", "--pattern", "unstructured:0.9", "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for runtime in ("torch", "ort"):
+        b = tmp_path / f"bench-{runtime}"
+        assert main(["bench", "models.zoo:mlp", "--compiled", str(out), "--runtime", runtime, "-o", str(b),
+                     "--blocks", "2", "--warmup", "1", "--no-per-layer"]) == 0
+        data = json.loads((b / "bench.json").read_text())
+        assert data["pattern"] == "unstructured:0.9" and data["ratio"] > 0
+        assert any("not pruned again" in n for n in data["notes"]) and not (b / "report.json").exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the compiled folder is read, never written
+    assert main(["bench", "models.zoo:mlp", "--compiled", str(out), "-o", str(out)]) == 7  # would overwrite its input
+    assert main(["bench", "models.zoo:mlp", "--compiled", str(tmp_path / "none"), "-o", str(tmp_path / "x")]) == 3
+    assert "not a folder" in capsys.readouterr().err

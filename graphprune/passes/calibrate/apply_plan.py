@@ -29,21 +29,16 @@ from graphprune.config import ElementPattern, SemiStructured, Unstructured
 from graphprune.errors import InputError
 from graphprune.passes.base import PassContext, PassResult, register_pass
 from graphprune.plan import Plan
-from graphprune.report import Decision
+from graphprune.report import Decision, SkipReason
 
 __all__ = ["NOT_IN_PLAN", "PlanOptions", "PlanReport", "apply_plan", "check_plan", "skip_reason"]
 
-NOT_IN_PLAN = "not_in_plan"  # the skip reason of sites compile would prune that the plan does not name
+NOT_IN_PLAN = SkipReason.NOT_IN_PLAN.value  # the skip reason of sites compile would prune that the plan does not name
 
 
-def skip_reason(value: str) -> Any:
-    """``SkipReason(value)``, or None while report.py does not know the reason yet (the message carries it)."""
-    from graphprune.report import SkipReason
-
-    try:
-        return SkipReason(value)
-    except ValueError:
-        return None
+def skip_reason(value: str) -> SkipReason:
+    """``SkipReason(value)``."""
+    return SkipReason(value)
 
 
 @dataclass(frozen=True)

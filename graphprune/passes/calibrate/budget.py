@@ -45,6 +45,7 @@ from graphprune.passes.base import PassContext, PassResult, register_pass
 from graphprune.passes.calibrate.apply_plan import skip_reason
 from graphprune.passes.calibrate.calibrate import SitesResult, Target, check_calibratable, prune_sites, targets_of
 from graphprune.passes.calibrate.driver import CalibrateOptions
+from graphprune.report import SkipReason
 
 if TYPE_CHECKING:  # runtime/ imports onnx on first use; `import graphprune` stays light
     from graphprune.runtime.fidelity import FidelityReport
@@ -62,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ACCURACY_BUDGET = "accuracy_budget"  # the skip reason of the layers left dense
+ACCURACY_BUDGET = SkipReason.ACCURACY_BUDGET.value  # the skip reason of the layers left dense
 
 
 def check_budget(max_drift: float | None, min_cosine: float | None) -> float:

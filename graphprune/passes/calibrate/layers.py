@@ -57,7 +57,7 @@ class Layer:
                 (1, *conv.dilation),
                 (0, *conv.padding),
                 (1, *conv.stride),
-            )  # type: ignore[misc]
+            )
         else:
             kernel, dil, pad, stride = conv.kernel_size, conv.dilation, conv.padding, conv.stride  # type: ignore[assignment]
         if x.dim() == 3:  # unbatched

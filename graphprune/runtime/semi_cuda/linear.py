@@ -178,14 +178,14 @@ class SemiSparseLinear(nn.Module):
         self.routes, self._measured = new, sorted(new)
         return self
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SemiSparseLinear:  # type: ignore[override]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SemiSparseLinear:
         probe = fn(torch.empty(0, dtype=self.packed.dtype, device=self.packed.device))
         if probe.dtype != self.packed.dtype or probe.device != self.packed.device:
             raise ConfigError(
                 f"SemiSparseLinear ({self.out_features}x{self.in_features}) is packed for {self.packed.dtype} on "
                 f"{self.packed.device}: convert the dense model before packing, not after (got {probe.dtype} on {probe.device})"
             )
-        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         routes = ", ".join(
