@@ -30,7 +30,7 @@ from torch import nn
 from graphprune.errors import ConfigError, InputError
 from graphprune.io.files import available_memory, check_zip_sizes
 
-KindT = Literal["pt2", "torchscript", "onnx", "factory", "pickle"]
+KindT = Literal["pt2", "torchscript", "onnx", "factory", "pickle", "hf"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -132,7 +132,15 @@ def _load(source: str | os.PathLike[str], trust_pickle: bool, input_shapes: Sequ
             "or a factory as package.module:callable"
         )
     if path.is_dir():
-        raise InputError(f"{text} is a directory; give a model file (.pt2, TorchScript, .onnx) or package.module:callable")
+        from graphprune.io.hf_folder import is_hf_folder, load_hf_folder
+
+        if is_hf_folder(path):
+            model, example = load_hf_folder(path, shaped, trust_pickle)
+            return LoadedModel("hf", text, path, model, example)
+        raise InputError(
+            f"{text} is a directory without config.json; give a model file (.pt2, TorchScript, .onnx), a Hugging Face "
+            "save_pretrained folder, or package.module:callable"
+        )
     if path.stat().st_size == 0:
         raise InputError(f"model file {text} is empty (0 bytes)")
     if path.suffix.lower() == ".onnx":
