@@ -15,6 +15,7 @@ the eval split (``models.zoo:minilm_eval``), disjoint from every calibration sen
 
     python benchmarks/quality/minilm_compile.py --variants '{"method": "magnitude"}' '{"refit": false}' '{}'
     python benchmarks/quality/minilm_compile.py --variants '{}' --budgets 0.01 0.02 0.05 --ranking error single
+    python benchmarks/quality/minilm_compile.py --compiled OUT   # what `graphprune compile ... -o OUT` wrote
 
 Each variant is a JSON object of :class:`~graphprune.passes.calibrate.CalibrateOptions` fields, plus
 ``"permute": SECONDS`` to run compile's permute-channels pass first (what ``--permute`` ships: the
@@ -107,6 +108,34 @@ def run_variant(
     }
 
 
+def evaluate_compiled(folder: Path, n_eval: int) -> dict[str, Any]:
+    """Embedding cosine of what ``graphprune compile -o FOLDER`` wrote: the weights of FOLDER/pruned.pt2
+    (read without unpickling) put into a fresh MiniLM, run on the held-out sentences at their own lengths
+    (the pt2's sequence axis is fixed at the example's 32 tokens)."""
+    from graphprune.io.pt2 import read_pt2
+
+    dense, _ = zoo.build("minilm")
+    pruned, _ = zoo.build("minilm")
+    program = read_pt2(folder / "pruned.pt2", sample_inputs=False).program
+    state = {**dict(program.named_parameters()), **dict(program.named_buffers())}
+    missing = [k for k in pruned.state_dict() if k not in state]
+    pruned.load_state_dict({k: v for k, v in state.items() if k in pruned.state_dict()}, strict=False)
+    evalb = zoo.minilm_eval(n_eval)
+    a, b = embeddings(dense.eval(), evalb), embeddings(pruned.eval(), evalb)
+    cos = F.cosine_similarity(a, b, dim=-1)
+    report = json.loads((folder / "report.json").read_text())
+    zeros = {k: float((v == 0).float().mean()) for k, v in state.items() if k.endswith(".weight") and v.dim() == 2}
+    return {
+        "folder": str(folder),
+        "emb_mean_cos": float(cos.mean()),
+        "emb_min_cos": float(cos.min()),
+        "report_fidelity": report.get("fidelity"),
+        "timings": report.get("timings"),
+        "not_in_pt2": missing,
+        "layers_at_50pct_zeros": sum(abs(z - 0.5) < 1e-6 for z in zeros.values()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="*", default=['{"method": "magnitude"}', '{"refit": false}', "{}"])
@@ -117,7 +146,16 @@ def main() -> None:
     ap.add_argument("--budget-variant", default="{}", help="CalibrateOptions for the budget runs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compiled", type=Path, default=None,
+                    help="evaluate what `graphprune compile models.zoo:minilm ... -o DIR` wrote, and stop")
     args = ap.parse_args()
+    if args.compiled is not None:
+        res = evaluate_compiled(args.compiled, args.eval)
+        print(f"{args.compiled}: emb cos {res['emb_mean_cos']:.4f} (min {res['emb_min_cos']:.3f}); "
+              f"{res['layers_at_50pct_zeros']} layers at 50% zeros; masks {res['timings'].get('masks', 0):.0f} s")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        return
     torch.set_num_threads(args.threads)
     dense, inputs = zoo.build("minilm")
     calib, evalb = zoo.minilm_calib(args.calib), zoo.minilm_eval(args.eval)
