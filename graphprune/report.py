@@ -150,7 +150,11 @@ class CompileReport:
 
     def table(self, max_rows: int | None = None) -> str:
         """A per-layer text table with totals."""
+        # the output error each layer's pruning introduced on its calibration inputs (calibrated masks only)
+        errors = {e["param"]: e["output_error"] for e in (self.fidelity or {}).get("layers", [])}
         head = f"{'layer':<52} {'op':<11} {'shape':<18} {'decision':<26} {'zeros':>7} {'kept|W|':>8} {'MFLOPs':>9}"
+        if errors:
+            head += f" {'out err':>8}"
         lines = [head, "-" * len(head)]
         rows = self.decisions if max_rows is None else self.decisions[:max_rows]
         for d in rows:
@@ -159,7 +163,10 @@ class CompileReport:
             km = f"{d.kept_magnitude:.3f}" if d.kept_magnitude is not None else "-"
             name = d.param if len(d.param) <= 52 else "…" + d.param[-51:]
             shape = "x".join(map(str, d.shape))
-            lines.append(f"{name:<52} {d.op:<11} {shape:<18} {what:<26} {sp:>7} {km:>8} {d.flops / 1e6:>9.2f}")
+            row = f"{name:<52} {d.op:<11} {shape:<18} {what:<26} {sp:>7} {km:>8} {d.flops / 1e6:>9.2f}"
+            if errors:
+                row += f" {errors[d.param]:>8.3f}" if d.param in errors else f" {'-':>8}"
+            lines.append(row)
         if max_rows is not None and len(self.decisions) > max_rows:
             lines.append(f"... {len(self.decisions) - max_rows} more layers (see report.json)")
         t = self.totals()
@@ -168,6 +175,8 @@ class CompileReport:
             f"sites {t['sites']}  pruned {t['pruned_sites']}  params {t['params']:,}  zeros {t['zeros']:,} "
             f"({t['sparsity']:.1%})  FLOPs {t['flops'] / 1e6:,.1f}M (on zeros {t['flops_on_zeros'] / 1e6:,.1f}M)"
         )
+        if errors:
+            lines.append("out err: ||W X - W' X|| / ||W X|| on the layer's calibration inputs (where the damage is)")
         skipped = {k: v for k, v in self.counts().items() if k not in ("pruned", "shrunk")}
         if self.counts().get("shrunk"):
             lines.append(f"shrunk by structured pruning (no element-wise pattern): {self.counts()['shrunk']}")

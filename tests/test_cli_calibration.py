@@ -35,10 +35,14 @@ def test_calibrated_compile_reports_fidelity_that_an_independent_computation_con
     text = capsys.readouterr().out
     line = next(ln for ln in text.splitlines() if ln.startswith("quality:"))
     assert "fidelity to the dense model" in line and "parity" not in line  # never worded like ONNX parity
+    assert "out err" in text  # the per-layer table shows where the damage is
     rep = json.loads((out / "report.json").read_text())
     fid = rep["fidelity"]
     assert fid["source"] == "eval" and fid["samples"] == 3 * 48 and fid["schema"] >= 1
     assert {"mean_cosine", "min_cosine", "rel_l2"} <= set(fid["outputs"][0])
+    assert {e["param"] for e in fid["layers"]} == {"inp.weight", "blocks.0.0.weight", "blocks.0.2.weight",
+                                                   "blocks.1.0.weight", "blocks.1.2.weight", "head.weight"}
+    assert all(0 < e["output_error"] < 1 for e in fid["layers"])
     names = [p["name"] for p in rep["passes"]]
     assert names[:2] == ["calibration-data", "copy"] and "calibrate" in names  # sparsegpt, the default with --calib
     # independent: the dense factory model vs the pruned.pt2 compile wrote, on the same held-out batches

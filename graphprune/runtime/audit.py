@@ -46,7 +46,7 @@ from onnx import numpy_helper
 
 from graphprune.config import ElementPattern, SemiStructured
 from graphprune.errors import ConfigError, InputError
-from graphprune.runtime.external_data import check_external_data, is_external, tensor_array
+from graphprune.runtime.external_data import is_external, load_onnx_header, tensor_array
 from graphprune.sparsity import check_nm
 
 __all__ = [
@@ -92,15 +92,7 @@ def load_onnx_checked(
         return model_or_path, label
     path = Path(model_or_path)
     label = str(path)
-    if not path.is_file():
-        raise InputError(f"ONNX file {path} does not exist (or is not a file)")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise InputError(
-            f"ONNX file {path} fails onnx.checker ({type(e).__name__}): it cannot be parsed: {str(e).splitlines()[0] if str(e) else e}"
-        ) from e
-    check_external_data(model, path.parent, label=str(path))
+    model = load_onnx_header(path)
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # checker raises ValidationError, or protobuf/IO errors on garbage

@@ -169,3 +169,18 @@ def tensor_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | No
         f.seek(ref.offset)
         raw = np.fromfile(f, dtype=np.uint8, count=want)
     return raw.view(dtype).reshape(dims)
+
+
+def load_onnx_header(path: Path) -> onnx.ModelProto:
+    """The graph of the ONNX file ``path`` without its weights' data, its external-data references
+    checked (:func:`check_external_data`); InputError naming the file when it is missing or unparsable."""
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist (or is not a file)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputError(
+            f"ONNX file {path} fails onnx.checker ({type(e).__name__}): it cannot be parsed: {str(e).splitlines()[0] if str(e) else e}"
+        ) from e
+    check_external_data(model, path.parent, label=str(path))
+    return model

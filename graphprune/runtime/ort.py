@@ -43,7 +43,7 @@ import torch
 
 from graphprune.errors import ConfigError, DependencyError, InputError, UnsupportedModelError
 from graphprune.runtime.compare import ParityStats, compare_outputs, flatten_outputs, merge_parity
-from graphprune.runtime.external_data import check_external_data
+from graphprune.runtime.external_data import load_onnx_header
 
 __all__ = ["check_parity", "ort_session", "parity_batches", "random_inputs", "resize_batch", "run_onnx"]
 
@@ -83,16 +83,7 @@ def _ort() -> Any:
 
 
 def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise InputError(f"ONNX file {path} does not exist (or is not a file)")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise InputError(
-            f"ONNX file {path} fails onnx.checker ({type(e).__name__}): it cannot be parsed: {str(e).splitlines()[0] if str(e) else e}"
-        ) from e
-    check_external_data(proto, path.parent, label=str(path))
-    del proto
+    load_onnx_header(path)  # parses it and checks its external-data references (the graph is not kept)
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:

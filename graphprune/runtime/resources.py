@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from graphprune.errors import InputError, OutputError
+from graphprune.io.files import available_memory
 
 __all__ = [
     "available_memory",
@@ -52,21 +53,6 @@ def weight_bytes(model: nn.Module) -> int:
         seen.add(key)
         total += t.numel() * t.element_size()
     return total
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations now (``MemAvailable``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def compile_memory_bytes(model: nn.Module, *, copy: bool = True, validate: bool = True, masks: bool = True) -> dict[str, int]:

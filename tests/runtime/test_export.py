@@ -123,11 +123,22 @@ def test_exporter_failure_names_the_cause(tmp_path, monkeypatch, caplog):
     msg = str(info.value)
     assert "ONNX export of Linear failed with every exporter tried (dynamo: RuntimeError: Failed to export the model" in msg
     assert "<- ValueError: Could not guard on data-dependent" in msg and "torch.cond" in msg
-    assert "; torchscript: RuntimeError: Failed to export the model" in msg  # each attempt, one line each
+    # a branch on tensor values: the tracing exporter would bake one branch in, so it is not tried
+    assert "torchscript:" not in msg and "not retried with the tracing exporters" in msg
     assert "dynamo-relaxed" not in msg  # relaxing is tried only after a decomposition failure
     # one line: the exporter's output (graph dumps) goes to the log (-v), not into the message
     assert "\n" not in msg and "exporter chatter" not in msg and "exporter chatter" in caplog.text
     assert "\x1b" not in msg and list(tmp_path.iterdir()) == []
+
+    def other_failure(*args, **kwargs):
+        raise RuntimeError("\x1b[96mFailed to export the model\x1b[0m\nlong text")
+
+    monkeypatch.setattr(torch.onnx, "export", other_failure)
+    with pytest.raises(UnsupportedModelError) as info:
+        export_onnx(nn.Linear(2, 2), (torch.randn(1, 2),), tmp_path / "bad.onnx")
+    msg = str(info.value)
+    assert "(dynamo: RuntimeError: Failed to export the model" in msg
+    assert "; torchscript: RuntimeError: Failed to export the model" in msg  # each attempt, one line each
 
 
 def test_bad_arguments(tmp_path):
