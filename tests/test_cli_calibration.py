@@ -144,3 +144,25 @@ def test_export_options_dtype_and_dynamic_batch(tmp_path):
     assert rc == 0
     dim0 = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.HasField("dim_param")  # dynamic batch by default
+
+
+def test_calibration_on_torchscript_says_what_works(tmp_path, capsys):
+    """A TorchScript model is captured by the module walk and its layers cannot be hooked: exit 2 naming
+    what works (magnitude, or the model as .pt2 / factory); fidelity on --eval data still works."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    ts = tmp_path / "m.ts"
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))), str(ts))
+    assert main(["compile", str(ts), "--input-shape", "4,32", "--calib", CAL, "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "TorchScript" in err and "--method magnitude" in err and not (tmp_path / "o").exists()
+    assert main(["compile", str(ts), "--input-shape", "4,32", "--eval", EVAL, "-o", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["fidelity"]["source"] == "eval"
+
+
+def test_structured_pattern_notes_that_calibration_only_feeds_fidelity(tmp_path):
+    rc, out = _compile(tmp_path, "s", "--pattern", "channels:0.5", "--calib", CAL, "--eval", EVAL)
+    assert rc == 0
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any("fidelity figure only" in n for n in notes)

@@ -111,6 +111,14 @@ class DataReport:
 @register_pass("calibration-data", options=DataOptions)
 def calibration_data(module: nn.Module, options: DataOptions, ctx: PassContext) -> PassResult:
     """Load and check calibration / evaluation data against the example inputs before any pruning work."""
+    import torch
+
+    calibrated = options.method in ("wanda", "sparsegpt") or (options.method is None and options.calibration is not None)
+    if calibrated and isinstance(module, torch.jit.ScriptModule) and not options.with_plan:
+        raise ConfigError(
+            "calibrated masks (wanda, sparsegpt) hook each layer of a PyTorch module; a TorchScript model's layers "
+            "cannot be hooked: use --method magnitude, or give the model as .pt2 or package.module:callable"
+        )
     data = prepare_sources(
         ctx.example_inputs,
         calibration=options.calibration,
@@ -121,6 +129,9 @@ def calibration_data(module: nn.Module, options: DataOptions, ctx: PassContext) 
         min_cosine=options.min_cosine,
         with_plan=options.with_plan,
     )
+    if options.calibration is not None and ctx.config.element_pattern is None:
+        data.notes.append("calibration data used for the fidelity figure only: structured patterns choose "
+                          "channels / heads by weight scores, not by calibration")
     ctx.artifacts["calibration"] = data
     ctx.report.notes.extend(data.notes)
     report = DataReport(data.method, len(data.calibration), len(data.evaluation), data.eval_source, tuple(data.notes))
