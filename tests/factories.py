@@ -77,3 +77,35 @@ def calib_wrong_shape():
 
 def calib_non_finite():
     return [(torch.full((8, 32), float("nan")),) for _ in range(3)]
+
+
+def named_net():
+    """calib_net's MLP with a forward that takes its input by name and an optional scale (dict example inputs)."""
+    from tests.passes.test_calibrate import EXAMPLE, build
+
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build()
+
+        def forward(self, x, scale=None):
+            y = self.net(x)
+            return y if scale is None else y * scale
+
+    return Named().eval(), {"x": EXAMPLE[0]}
+
+
+def named_batches():
+    from tests.passes.test_calibrate import batches
+
+    return [{"x": b[0]} for b in batches(6)]
+
+
+def named_eval():
+    from tests.passes.test_calibrate import batches
+
+    return [{"x": b[0]} for b in batches(3, seed=9)]
+
+
+def named_wrong_key():
+    return [{"y": torch.randn(8, 32)} for _ in range(3)]

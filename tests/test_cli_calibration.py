@@ -166,3 +166,29 @@ def test_structured_pattern_notes_that_calibration_only_feeds_fidelity(tmp_path)
     assert rc == 0
     notes = json.loads((out / "report.json").read_text())["notes"]
     assert any("fidelity figure only" in n for n in notes)
+
+
+def test_named_batches_for_named_example_inputs(tmp_path, capsys):
+    """A factory with named (dict) example inputs takes calibration / evaluation batches as dicts, bound to
+    the forward the way the example is; the result equals the positional model's on the same data."""
+    rc, out = _compile(tmp_path, "pos", "--calib", CAL, "--eval", EVAL)
+    assert rc == 0
+    assert main(["compile", "tests.factories:named_net", "--calib", "tests.factories:named_batches",
+                 "--eval", "tests.factories:named_eval", "-o", str(tmp_path / "named")]) == 0
+    pos = json.loads((out / "report.json").read_text())["fidelity"]
+    named = json.loads((tmp_path / "named" / "report.json").read_text())["fidelity"]
+    assert named["samples"] == pos["samples"]
+    assert named["outputs"][0]["mean_cosine"] == pytest.approx(pos["outputs"][0]["mean_cosine"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["compile", "tests.factories:named_net", "--calib", "tests.factories:named_wrong_key",
+                 "-o", str(tmp_path / "bad")]) == 3
+    assert "(y: float32[8, 32]) but the example inputs had (x: float32[4, 32])" in capsys.readouterr().err
+    assert main(["compile", "tests.factories:named_net", "--calib", CAL, "-o", str(tmp_path / "bad2")]) == 3  # tuples for named
+    assert main(["compile", NET, "--calib", "tests.factories:named_batches", "-o", str(tmp_path / "bad3")]) == 3  # dicts for positional
+
+
+def test_calibration_batches_are_cast_with_dtype(tmp_path):
+    rc, out = _compile(tmp_path, "h", "--dtype", "float16", "--calib", CAL, "--eval", EVAL, "--method", "wanda")
+    assert rc == 0
+    fid = json.loads((out / "report.json").read_text())["fidelity"]
+    assert fid["source"] == "eval" and fid["outputs"][0]["mean_cosine"] > 0.5

@@ -74,6 +74,8 @@ def check_batch(
     where = f"{what} batch {index}" + (f" from {origin}" if origin else "")
     if reference is not None:
         a, b = batch_leaves(reference), batch_leaves(batch)
+        if isinstance(reference, Mapping) and isinstance(batch, Mapping):  # named inputs: any order
+            a, b = sorted(a, key=lambda kv: kv[0]), sorted(b, key=lambda kv: kv[0])
         if [n for n, _ in a] != [n for n, _ in b]:
             raise InputError(
                 f"{where} has inputs ({describe_batch(batch)}) but {ref_name} had ({describe_batch(reference)}); "
@@ -96,15 +98,19 @@ def check_batch(
             )
 
 
-def _as_batch(b: Any, index: int, what: str, origin: str) -> tuple[Any, ...]:
+def _as_batch(b: Any, index: int, what: str, origin: str, named: bool = False) -> Any:
+    """A batch as a tuple of positional inputs, or a dict of named inputs when the example inputs are named
+    (``named``; the copy stage binds it to the forward as it binds the example)."""
     if isinstance(b, torch.Tensor):
         return (b,)
     if isinstance(b, (tuple, list)):
         return tuple(b)
     if isinstance(b, Mapping):
+        if named:
+            return dict(b)
         raise InputError(
-            f"{what} batch {index} from {origin} is a mapping ({', '.join(map(str, b))}); compile calls the model with "
-            "positional inputs: yield tuples in the order of the example inputs"
+            f"{what} batch {index} from {origin} is a mapping ({', '.join(map(str, b))}) but the example inputs are "
+            "positional: yield tuples in the order of the example inputs (or give named example inputs)"
         )
     raise InputError(
         f"{what} batch {index} from {origin} is a {type(b).__name__}; yield tuples of tensors (positional inputs)"
@@ -224,14 +230,14 @@ def load_batches(
             produced = _import_callable(text, what)
             if produced is None:
                 raise InputError(f"{what} source {text} returned nothing (None); return an iterable of input tuples")
-            batches = _collect(produced, what, origin, max_batches)
+            batches = _collect(produced, what, origin, max_batches, named=isinstance(reference, Mapping))
         else:
             raise InputError(
                 f"{what} source {text!r}: expected package.module:callable or a file ending in .safetensors or .npz"
             )
     else:
         origin = f"the given {type(source).__name__}"
-        batches = _collect(source, what, origin, max_batches)
+        batches = _collect(source, what, origin, max_batches, named=isinstance(reference, Mapping))
     if max_batches is not None:
         batches = batches[:max_batches]
     if not batches:
@@ -240,7 +246,7 @@ def load_batches(
     return batches
 
 
-def _collect(produced: Any, what: str, origin: str, max_batches: int | None) -> list[tuple[Any, ...]]:
+def _collect(produced: Any, what: str, origin: str, max_batches: int | None, *, named: bool = False) -> list[Any]:
     if isinstance(produced, (torch.Tensor, Mapping, str, bytes)) or not isinstance(produced, Iterable):
         raise InputError(
             f"{what} source {origin} gave a {type(produced).__name__}; it must give an iterable of batches "
@@ -250,7 +256,7 @@ def _collect(produced: Any, what: str, origin: str, max_batches: int | None) -> 
     for i, b in enumerate(produced):
         if max_batches is not None and i >= max_batches:
             break
-        out.append(_as_batch(b, i, what, origin))
+        out.append(_as_batch(b, i, what, origin, named))
     return out
 
 

@@ -51,7 +51,7 @@ class LoadedModel:
     source: str
     path: Path | None
     model: nn.Module | None  # None for ONNX
-    example_inputs: tuple[Any, ...] | None
+    example_inputs: Any  # a tuple of positional inputs, or (factories) a dict of named ones; None for ONNX
 
 
 def parse_input_shape(spec: str, *, seed: int = 0) -> torch.Tensor:
@@ -363,8 +363,11 @@ def _load_factory(spec: str, shaped: tuple[torch.Tensor, ...] | None) -> LoadedM
             example = (example,)
         if isinstance(example, list):
             example = tuple(example)
-        if not isinstance(example, tuple):
-            raise InputError(f"factory {spec}: example inputs must be a tuple of tensors, got {type(example).__name__}")
+        if not isinstance(example, (tuple, Mapping)):
+            raise InputError(
+                f"factory {spec}: example inputs must be a tuple of positional inputs or a dict of named ones, "
+                f"got {type(example).__name__}"
+            )
     elif isinstance(result, nn.Module):
         model, example = result, _need_inputs(spec, "factory", shaped)
     else:

@@ -355,13 +355,17 @@ def is_pt2(path: str | os.PathLike[str]) -> bool:
 
 
 
+IN_MEMORY_BYTES = 512 << 20  # write_pt2 builds archives of up to this many weight bytes in memory
+
+
 def write_pt2(path: str | os.PathLike[str], program: torch.export.ExportedProgram) -> None:
     """``torch.export.save`` to ``path`` atomically, with a full disk an OutputError, not an abort.
 
     torch's zip writer aborts the process (C++ ``terminate``) when a write fails, also when given a
-    Python file object. The archive is therefore built in memory and written from Python when
-    there is memory for a second copy of the weights; otherwise the free disk space is checked
-    first and torch writes the file itself.
+    Python file object. Up to :data:`IN_MEMORY_BYTES` of weights (and when there is memory for a
+    second copy) the archive is therefore built in memory and written from Python; a larger model
+    is not copied once more (that would raise compile's peak memory by 1x its weights): the free disk
+    space is checked first and torch writes the file itself.
     """
     from graphprune.io.files import atomic_write, atomic_write_bytes, available_memory, output_error
 
@@ -369,7 +373,7 @@ def write_pt2(path: str | os.PathLike[str], program: torch.export.ExportedProgra
     size = sum(t.numel() * t.element_size() for t in program.state_dict.values() if isinstance(t, torch.Tensor))
     size += sum(t.numel() * t.element_size() for t in program.constants.values() if isinstance(t, torch.Tensor))
     avail = available_memory()
-    if avail is None or 2 * size + (256 << 20) < avail:
+    if size <= IN_MEMORY_BYTES and (avail is None or 2 * size + (256 << 20) < avail):
         buf = io.BytesIO()
         torch.export.save(program, buf)
         atomic_write_bytes(target, buf.getvalue())

@@ -79,6 +79,10 @@ def copy_stage(module: nn.Module, options: CopyOptions, ctx: PassContext) -> Pas
     work.eval()
     prep = hf.prepare_model(work, ctx.example_inputs, ExportOptions.from_config(cfg))
     ctx.example_inputs = prep.args
+    data: Any = ctx.artifacts.get("calibration")
+    if data is not None:  # calibration / evaluation batches bound and cast like the example inputs
+        data.calibration = [hf.bind_batch(b, prep, what=f"calibration batch {i}", dtype=cfg.dtype) for i, b in enumerate(data.calibration)]
+        data.evaluation = [hf.bind_batch(b, prep, what=f"evaluation batch {i}", dtype=cfg.dtype) for i, b in enumerate(data.evaluation)]
     ctx.artifacts["input_names"] = prep.tensor_names
     ctx.report.notes.extend(prep.notes)
     ctx.report.capture["inputs"] = prep.record

@@ -255,6 +255,31 @@ def prepare_inputs(
     return PreparedInputs(tuple(bound), names, notes, record)
 
 
+def bind_batch(batch: Any, prep: PreparedInputs, *, what: str, dtype: str | None = None) -> tuple[Any, ...]:
+    """A calibration / evaluation batch as the positional inputs the prepared copy takes: a dict of named
+    inputs bound by the names the example was bound by (inputs the batch lacks keep the example's
+    non-tensor values, e.g. defaults; a missing tensor input is an InputError naming it); floating
+    inputs cast to ``dtype`` (``--dtype``) as the example was."""
+    from graphprune.runtime.precision import cast_inputs, resolve_dtype
+
+    if isinstance(batch, Mapping):
+        unknown = [k for k in batch if k not in prep.names]
+        if unknown:
+            raise InputError(f"{what} has input {unknown[0]!r}, which the example inputs did not have ({', '.join(prep.names)})")
+        bound = []
+        for name, example_value in zip(prep.names, prep.args):
+            if name in batch:
+                bound.append(batch[name])
+            elif isinstance(example_value, torch.Tensor):
+                raise InputError(f"{what} lacks input {name!r}, which the example inputs had")
+            else:
+                bound.append(example_value)
+        out: tuple[Any, ...] = tuple(bound)
+    else:
+        out = tuple(batch)
+    return cast_inputs(out, resolve_dtype(dtype)) if dtype is not None else out
+
+
 def prepare_model(model: nn.Module, example: Any, options: Any = None) -> PreparedInputs:
     """Everything done to graphprune's own copy before capture: inputs bound, caches off, dtype cast.
 

@@ -85,7 +85,7 @@ def test_factory_source() -> None:
         (f"{HERE}:wrong_dtype", r"calibration batch 1 from .*: input 'input\[0\]' is int32\[2, 6\], in the example inputs it is int64\[2, 5\] \(wrong dtype\)"),
         (f"{HERE}:wrong_ndim", r"calibration batch 2 from .*: input 'input\[1\]' is float32\[7, 3\], in the example inputs it is float32\[2, 5, 3\] \(wrong shape\)"),
         (f"{HERE}:with_nan", r"calibration batch 1 from .*: input 'input\[1\]' \(float32\[2, 6, 3\]\) has 1 NaN/Inf value"),
-        (f"{HERE}:mapping_batches", r"calibration batch 0 from .* is a mapping \(input_ids\); compile calls the model with positional inputs"),
+        (f"{HERE}:mapping_batches", r"calibration batch 0 from .* is a mapping \(input_ids\) but the example inputs are positional"),
         ("nonsense", r"expected package\.module:callable or a file ending in \.safetensors or \.npz"),
     ],
 )

@@ -5,6 +5,7 @@ import zipfile
 
 import pytest
 import torch
+from torch import nn
 
 from graphprune.errors import InputError
 from graphprune.io.loaders import load_model
@@ -121,3 +122,30 @@ def test_corrupt_program_is_one_line(tmp_path):
     with pytest.raises(InputError) as ei:
         load_model(write_entries(tmp_path / "bad.pt2", entries))
     assert "\n" not in str(ei.value)
+
+
+def test_large_programs_are_written_by_torch_after_a_disk_check(tmp_path, monkeypatch):
+    """Beyond IN_MEMORY_BYTES the archive is not built in memory (no second copy of the weights): the free
+    disk space is checked first (a full disk is an OutputError), then torch writes the file."""
+    import shutil
+    from collections import namedtuple
+
+    import graphprune.io.pt2 as pt2
+    from graphprune.errors import OutputError
+
+    model = nn.Linear(64, 64)
+    program = torch.export.export(model, (torch.randn(2, 64),))
+    monkeypatch.setattr(pt2, "IN_MEMORY_BYTES", 100)  # this model's 16 KiB count as large
+    import graphprune.io.files as files
+
+    def in_memory(*args, **kwargs):
+        raise AssertionError("the archive was built in memory")
+
+    monkeypatch.setattr(files, "atomic_write_bytes", in_memory)
+    pt2.write_pt2(tmp_path / "m.pt2", program)
+    assert torch.equal(torch.export.load(str(tmp_path / "m.pt2")).state_dict["weight"], model.weight)
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(OutputError):
+        pt2.write_pt2(tmp_path / "full.pt2", program)
+    assert not (tmp_path / "full.pt2").exists()
