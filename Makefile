@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The real MiniLM at 2:4 twice: by magnitude (about a minute), then calibrated (SparseGPT, the default with
-# --calib; a few minutes on 2 cores) on sentences disjoint from the held-out ones fidelity is measured on.
+# The real MiniLM at 2:4 twice: by magnitude, then calibrated (SparseGPT, the default with --calib) on
+# sentences disjoint from the held-out ones fidelity is measured on; under 2 minutes on a quiet 2-core machine.
 demo: $(STAMP)
 	$(BIN)/graphprune compile models.zoo:minilm --pattern 2:4 --method magnitude \
 		--eval models.zoo:minilm_eval_demo -o out/demo-magnitude
