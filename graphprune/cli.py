@@ -256,10 +256,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         else:
             assert loaded.model is not None and loaded.example_inputs is not None
             print(f"graphprune: compiling ({loaded.kind}) with pattern {', '.join(map(str, config.pattern))}", file=sys.stderr)
-            # the loaded model is the CLI's own: hand it over (copy=False), one model's worth of memory less; a
-            # module unlifted from a .pt2 is copied all the same (its copy is a plain GraphModule that has eval())
+            # the loaded model is the CLI's own: hand it over (copy=False), one model's worth of memory less
             result = gp_compile(loaded.model, loaded.example_inputs, config, output_dir=out, progress=True,
-                                dump_dir=args.dump_dir, model_name=args.model, copy=loaded.kind == "pt2", **_data_args(args))
+                                dump_dir=args.dump_dir, model_name=args.model, copy=False, **_data_args(args))
             rep = result.report
     if loaded.kind == "onnx":
         _print_onnx_report(rep, args.max_rows)

@@ -181,11 +181,11 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
         dense = copy_model(model).eval()
         if runtime == "torch" and device == "cuda":
             assert pruned_model is not None
-            _bench_on_cuda(dense, _eval(pruned_model), inputs, report, dtype=dtype or torch.float16, mode=mode,
+            _bench_on_cuda(dense, pruned_model.eval(), inputs, report, dtype=dtype or torch.float16, mode=mode,
                            token_counts=token_counts, sparse_forms=sparse_forms, blocks=blocks, warmup=warmup, per_layer=per_layer)
         elif runtime == "torch":
             assert pruned_model is not None
-            pruned = _eval(pruned_model)
+            pruned = pruned_model.eval()
             if sparse_forms:
                 from graphprune.passes.convert_sparse_forms import apply_sparse_forms
 
@@ -223,14 +223,6 @@ def _bench_into(stage: StagedOutput, model: nn.Module, inputs: tuple[Any, ...], 
     report.outputs["json"] = str(stage.final("bench.json"))
     atomic_write_text(stage.file("bench.json"), json.dumps(report.to_dict(), indent=2, default=str))
     return report
-
-
-def _eval(module: nn.Module) -> nn.Module:
-    """``module.eval()``; a module unlifted from a .pt2 has no train/eval switch (export fixed the mode)."""
-    try:
-        return module.eval()
-    except NotImplementedError:
-        return module
 
 
 def _load_compiled(path: Path) -> nn.Module:
@@ -334,7 +326,8 @@ def run_bench(args: argparse.Namespace) -> int:
     stem = name.rpartition(":")[2].replace(".", "_") if ":" in name and not Path(name).exists() else (Path(name).stem or "model")
     out = args.output or Path("graphprune-out") / f"{stem}-bench"
     compiled = getattr(args, "compiled", None)
-    prepare_output_dir(out, inputs=((Path(name),) if Path(name).exists() else ()) + ((compiled, compiled / "pruned.pt2", compiled / "model.onnx") if compiled else ()))
+    read = _compiled_outputs(compiled, args.runtime).inputs if compiled is not None else ()  # checked before loading
+    prepare_output_dir(out, inputs=((Path(name),) if Path(name).exists() else ()) + read)
     print(f"graphprune: loading {name}", file=sys.stderr)
     loaded = load_model(name, trust_pickle=args.trust_pickle, input_shapes=args.input_shape)
     if loaded.kind == "onnx" or loaded.model is None or loaded.example_inputs is None:

@@ -121,18 +121,27 @@ def _call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 def _bench_torch(dense: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], report: BenchReport, *, blocks: int, warmup: int, per_layer: bool) -> None:
-    from graphprune.runtime.microbench import record_layer_inputs, time_alternating
+    from graphprune.runtime.microbench import time_alternating
 
     t = time_alternating({"dense": lambda: dense(*inputs), "pruned": lambda: pruned(*inputs)}, warmup=warmup, blocks=blocks, min_block_s=0.05)
     report.end_to_end = {k: _summary(v.samples_ms) for k, v in t.items()}
-    if not per_layer:
-        return
+    if per_layer:
+        _time_layers(dense, pruned, inputs, report, note=_cpu_note, blocks=blocks)
+
+
+def _time_layers(dense: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], report: BenchReport, *,
+                 note: Callable[[nn.Module, nn.Module, str, str], str], blocks: int, **timing: Any) -> None:
+    """One row per layer both models have: dense vs pruned medians on the layer's real input (recorded
+    from a forward of each model), timed like the end to end (``timing``: sync, mode, capturer);
+    ``note(dense_layer, pruned_layer, dense_form, pruned_form)`` says what changed."""
+    from graphprune.runtime.microbench import record_layer_inputs, time_alternating
+
     d_mods, p_mods = _timed_modules(dense), _timed_modules(pruned)
     names = [n for n in d_mods if n in p_mods]
     d_in = record_layer_inputs(dense, inputs, names)
     p_in = record_layer_inputs(pruned, inputs, names)
     for name in names:
-        row = LayerTiming(name, op=p_mods[name] if p_mods[name] != d_mods[name] else d_mods[name])
+        row = LayerTiming(name, op=p_mods[name])
         if name not in d_in or name not in p_in:
             row.note = "did not run on the example inputs"
             report.layers.append(row)
@@ -141,15 +150,18 @@ def _bench_torch(dense: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], r
         (da, dk), (pa, pk) = d_in[name], p_in[name]
         lt = time_alternating(
             {"dense": functools.partial(_call, dm, da, dk), "pruned": functools.partial(_call, pm, pa, pk)},
-            warmup=1, blocks=blocks, min_block_s=0.005,
+            warmup=1, blocks=blocks, min_block_s=0.005, **timing,
         )
         row.dense_ms, row.pruned_ms = lt["dense"].median_ms, lt["pruned"].median_ms
-        dw, pw = getattr(dm, "weight", None), getattr(pm, "weight", None)
-        if isinstance(dw, torch.Tensor) and isinstance(pw, torch.Tensor) and pw.layout == torch.strided and tuple(dw.shape) != tuple(pw.shape):
-            row.note = f"shrunk {list(dw.shape)} -> {list(pw.shape)}"
-        elif p_mods[name] != d_mods[name]:
-            row.note = f"form {p_mods[name]}"
+        row.note = note(dm, pm, d_mods[name], p_mods[name])
         report.layers.append(row)
+
+
+def _cpu_note(dm: nn.Module, pm: nn.Module, dense_form: str, pruned_form: str) -> str:
+    dw, pw = getattr(dm, "weight", None), getattr(pm, "weight", None)
+    if isinstance(dw, torch.Tensor) and isinstance(pw, torch.Tensor) and pw.layout == torch.strided and tuple(dw.shape) != tuple(pw.shape):
+        return f"shrunk {list(dw.shape)} -> {list(pw.shape)}"
+    return f"form {pruned_form}" if pruned_form != dense_form else ""
 
 
 # ---- CUDA ----------------------------------------------------------------------------------------------
@@ -168,7 +180,7 @@ def _bench_cuda(
     """Dense vs pruned on the device the models live on, in ``mode`` ("graph": each model replayed
     from CUDA graphs, one per input shape; "eager"): end to end, then per layer on each layer's real
     input, in the same mode (each layer captured on its own)."""
-    from graphprune.runtime.microbench import record_layer_inputs, time_alternating
+    from graphprune.runtime.microbench import time_alternating
     from graphprune.runtime.semi_cuda.graphs import CudaGraphRunner
 
     sync = any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs)
@@ -183,29 +195,15 @@ def _bench_cuda(
     report.notes.append(
         f"execution mode: {mode}" + (" (each model replayed from one CUDA graph per input shape; outputs not cloned)" if mode == "graph" else "")
     )
-    if not per_layer:
-        return
-    d_mods, p_mods = _timed_modules(dense), _timed_modules(pruned)
-    names = [n for n in d_mods if n in p_mods]
-    d_in = record_layer_inputs(dense, inputs, names)
-    p_in = record_layer_inputs(pruned, inputs, names)
-    for name in names:
-        row = LayerTiming(name, op=p_mods[name])
-        if name not in d_in or name not in p_in:
-            row.note = "did not run on the example inputs"
-            report.layers.append(row)
-            continue
-        (da, dk), (pa, pk) = d_in[name], p_in[name]
-        dm, pm = dense.get_submodule(name), pruned.get_submodule(name)
-        lt = time_alternating(
-            {"dense": functools.partial(_call, dm, da, dk), "pruned": functools.partial(_call, pm, pa, pk)},
-            warmup=1, blocks=blocks, min_block_s=0.005, sync=sync, mode=mode, capturer=capturer,  # type: ignore[arg-type]
-        )
-        row.dense_ms, row.pruned_ms = lt["dense"].median_ms, lt["pruned"].median_ms
-        if p_mods[name] != d_mods[name]:
-            routes = getattr(pm, "routes", None)
-            row.note = f"form {p_mods[name]}" + (f" routes {{{', '.join(f'{k}: {r.form}' for k, r in sorted(routes.items()))}}}" if routes else "")
-        report.layers.append(row)
+    if per_layer:
+        _time_layers(dense, pruned, inputs, report, note=_cuda_note, blocks=blocks, sync=sync, mode=mode, capturer=capturer)
+
+
+def _cuda_note(dm: nn.Module, pm: nn.Module, dense_form: str, pruned_form: str) -> str:
+    if pruned_form == dense_form:
+        return ""
+    routes = getattr(pm, "routes", None)
+    return f"form {pruned_form}" + (f" routes {{{', '.join(f'{k}: {r.form}' for k, r in sorted(routes.items()))}}}" if routes else "")
 
 
 # ---- onnxruntime -------------------------------------------------------------------------------------

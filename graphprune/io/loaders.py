@@ -220,10 +220,20 @@ def _load_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: bool) 
         example = tuple(args)
     example = _need_inputs(path, "ExportedProgram", example)
     try:
-        module = contents.program.module()
+        module = _as_module(contents.program)
     except Exception as e:
         raise InputError(f"ExportedProgram {path} cannot be turned into a module: {_first_line(e)}") from e
     return LoadedModel("pt2", str(path), path, module, example)
+
+
+def _as_module(program: torch.export.ExportedProgram) -> nn.Module:
+    """``program.module()`` with a working ``eval()`` / ``train()``: torch makes them raise on the unlifted
+    module (they cannot change an exported graph); graphprune calls ``eval()`` on every model it runs, and
+    for an exported graph that is the no-op it should be, so the instance-level overrides are dropped."""
+    module = program.module()
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
+    return module
 
 
 def _load_legacy_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust: bool) -> LoadedModel:
@@ -241,7 +251,7 @@ def _load_legacy_pt2(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust:
     example: tuple[Any, ...] | None = shaped
     if example is None and getattr(ep, "example_inputs", None) is not None:
         example = tuple(ep.example_inputs[0])
-    return LoadedModel("pt2", str(path), path, ep.module(), _need_inputs(path, "ExportedProgram", example))
+    return LoadedModel("pt2", str(path), path, _as_module(ep), _need_inputs(path, "ExportedProgram", example))
 
 
 def _first_line(e: BaseException) -> str:
