@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphprune.errors import DependencyError, InputError, UnsupportedModelError
+from graphprune.errors import DependencyError, InputError, UnsupportedModelError, is_out_of_memory
 
 __all__ = ["is_hf_folder", "load_hf_folder"]
 
@@ -66,7 +66,11 @@ def load_hf_folder(path: Path, shaped: tuple[torch.Tensor, ...] | None, trust_pi
         model = cls.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=False, use_safetensors=bool(safetensors),
         )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # safetensors and transformers raise their own types for a corrupt or mismatched folder
+        if is_out_of_memory(e):
+            raise
         raise InputError(f"{path}: transformers could not load it: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     model.eval()
     return model, shaped if shaped is not None else _example_inputs(path, model.config)

@@ -36,6 +36,12 @@ def test_folder_loads_the_saved_weights_and_compiles(tmp_path, capsys):
 
 def test_folder_bad_inputs(tmp_path):
     _tiny_bert(tmp_path / "bert")
+    weights = tmp_path / "bert" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # truncated: a copy that did not finish
+    with pytest.raises(InputError, match="transformers could not load it: SafetensorError"):
+        load_model(tmp_path / "bert")
+    weights.write_bytes(whole)
     (tmp_path / "bert" / "model.safetensors").rename(tmp_path / "bert" / "pytorch_model.bin")
     with pytest.raises(InputError, match="pickled weights only .*--trust-pickle"):
         load_model(tmp_path / "bert")
